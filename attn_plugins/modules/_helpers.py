@@ -1,0 +1,120 @@
+"""Small helpers shared by the blocks (pure PyTorch)."""
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Elements of one query chunk's score matrix (chunk x N_keys); 2**24 floats = 64 MiB in fp32.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
+# Below this many score elements per sample a dense computation is cheaper and still small.
+DENSE_LIMIT_ELEMENTS = 1 << 22
+
+
+def make_divisible(value: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round `value` to a multiple of `divisor` (at least `min_value`), as timm and MobileNet do."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+_GATES: dict[str, Callable[[], nn.Module]] = {
+    'sigmoid': nn.Sigmoid,
+    'hard_sigmoid': nn.Hardsigmoid,
+    'tanh': nn.Tanh,
+    'identity': nn.Identity,
+}
+
+
+def create_gate(gate: Union[str, nn.Module, type, None]) -> nn.Module:
+    """A gate from a name ('sigmoid', 'hard_sigmoid', 'tanh', 'identity'), a module class or instance."""
+    if gate is None:
+        return nn.Identity()
+    if isinstance(gate, nn.Module):
+        return gate
+    if isinstance(gate, type) and issubclass(gate, nn.Module):
+        return gate()
+    if isinstance(gate, str) and gate in _GATES:
+        return _GATES[gate]()
+    raise ValueError(f"gate: expected one of {sorted(_GATES)} or an nn.Module, got {gate!r}")
+
+
+def create_act(act: Union[str, nn.Module, type, None]) -> nn.Module:
+    """An activation from a name ('relu', 'gelu', 'silu'), a module class or instance."""
+    acts = {'relu': nn.ReLU, 'gelu': nn.GELU, 'silu': nn.SiLU, 'identity': nn.Identity}
+    if act is None:
+        return nn.Identity()
+    if isinstance(act, nn.Module):
+        return act
+    if isinstance(act, type) and issubclass(act, nn.Module):
+        return act()
+    if isinstance(act, str) and act in acts:
+        return acts[act]()
+    raise ValueError(f"act_layer: expected one of {sorted(acts)} or an nn.Module, got {act!r}")
+
+
+def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3) -> None:
+    """Raise a clear error when `x` is not (B, channels, *spatial)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return
+    if x.dim() < min_dim or x.shape[1] != channels:
+        raise ValueError(
+            f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
+            f"got {tuple(x.shape)}; set `channels` to the input's channel count")
+
+
+def _softmax_chunk(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(torch.softmax(scores, dim=-1), value)
+
+
+def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """out = softmax(scale * query @ key) @ value without materialising the full score matrix.
+
+    query (B, Nq, Ck), key (B, Ck, Nk), value (B, Nk, Cv) -> (B, Nq, Cv). The result equals the
+    dense formula: each query row's softmax only needs that row, so queries are processed in
+    chunks of `chunk_elements // Nk` rows, bounding the scores to one chunk at a time. Under
+    autograd each chunk is checkpointed, so the backward pass is memory-bounded as well.
+    """
+    batch, num_queries, _ = query.shape
+    num_keys = key.shape[-1]
+    if scale != 1.0:
+        query = query * scale
+    if num_queries * num_keys <= DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing() or _exporting():
+        return _softmax_chunk(torch.bmm(query, key), value)
+
+    chunk = max(1, chunk_elements // num_keys)
+    needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if needs_grad:
+        from torch.utils.checkpoint import checkpoint
+        pieces = [checkpoint(_dense_block, query[:, s:s + chunk], key, value, use_reentrant=False)
+                  for s in range(0, num_queries, chunk)]
+        return torch.cat(pieces, dim=1)
+    out = value.new_empty(batch, num_queries, value.shape[-1])
+    for start in range(0, num_queries, chunk):
+        stop = min(start + chunk, num_queries)
+        out[:, start:stop] = _softmax_chunk(torch.bmm(query[:, start:stop], key), value)
+    return out
+
+
+def _dense_block(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return _softmax_chunk(torch.bmm(query, key), value)
+
+
+def _exporting() -> bool:
+    onnx = getattr(torch, 'onnx', None)
+    return bool(onnx is not None and hasattr(onnx, 'is_in_onnx_export') and onnx.is_in_onnx_export())
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resample a 4D/5D map to `size`: area averaging when shrinking, (tri)linear when growing."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    if all(s <= t for s, t in zip(size, x.shape[2:])):
+        return F.adaptive_avg_pool2d(x, size) if x.dim() == 4 else F.adaptive_avg_pool3d(x, size)
+    mode = 'bilinear' if x.dim() == 4 else 'trilinear'
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)

@@ -1,0 +1,95 @@
+"""CBAM: Convolutional Block Attention Module (Woo et al., ECCV 2018).
+
+    channel:  M_c = σ(MLP(avgpool(x)) + MLP(maxpool(x))),      x' = M_c ⊙ x
+    spatial:  M_s = σ(BN(conv7x7([max_c(x'); mean_c(x')]))),   y = M_s ⊙ x'
+
+The MLP (C -> C/16 -> C, ReLU) is shared by both pooled vectors. Defaults follow the authors'
+code: MLP biases, [max, mean] order, 7x7 conv without bias, BN (momentum 0.01) whose weight
+starts at 0 so the spatial map starts at 0.5. timm's `CbamModule` is reproduced with
+`mlp_bias=False, pool_order='mean_max'`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._helpers import check_channels, create_act, create_gate, make_divisible
+
+
+class ChannelGate(nn.Module):
+    """CBAM's channel gate: a shared MLP on the average- and max-pooled vectors, summed."""
+
+    def __init__(self, channels: int, reduction: float = 16, rd_channels: int | None = None,
+                 rd_divisor: int = 1, act_layer='relu', gate='sigmoid', mlp_bias: bool = True):
+        super().__init__()
+        rd_channels = rd_channels or make_divisible(channels / reduction, rd_divisor, round_limit=0.)
+        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=mlp_bias)
+        self.act = create_act(act_layer)
+        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias)
+        self.gate = create_gate(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        # Both pooled vectors go through the shared MLP as one batch.
+        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], dim=0)
+        logits = self.fc2(self.act(self.fc1(pooled)))
+        return self.gate(logits[:batch] + logits[batch:])
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial gate: a 7x7 conv (+BN) on channel-pooled maps."""
+
+    def __init__(self, kernel_size: int = 7, pool_order: str = 'max_mean', norm: bool = True,
+                 norm_momentum: float = 0.01, zero_init: bool = True, gate='sigmoid'):
+        super().__init__()
+        if pool_order not in ('max_mean', 'mean_max'):
+            raise ValueError(f"pool_order: expected 'max_mean' (authors) or 'mean_max' (timm), got {pool_order!r}")
+        self.max_first = pool_order == 'max_mean'
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
+        self.bn = nn.BatchNorm2d(1, momentum=norm_momentum) if norm else nn.Identity()
+        if norm and zero_init:
+            nn.init.zeros_(self.bn.weight)
+        self.gate = create_gate(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        max_map, mean_map = x.amax(1, keepdim=True), x.mean(1, keepdim=True)
+        pooled = torch.cat([max_map, mean_map] if self.max_first else [mean_map, max_map], dim=1)
+        return self.gate(self.bn(self.conv(pooled)))
+
+
+class CBAM(nn.Module):
+    """Channel gate, then spatial gate.
+
+    Args:
+        channels: input channels C.
+        reduction: MLP hidden width C / reduction (paper: 16).
+        rd_channels, rd_divisor: explicit hidden width / rounding divisor.
+        mlp_bias: biases in the MLP (authors: True; timm: False).
+        spatial_kernel: spatial conv size (paper: 7).
+        pool_order: 'max_mean' (authors) or 'mean_max' (timm) channel-pool concat order.
+        spatial_norm: BN after the spatial conv (authors and timm: True).
+        zero_init_spatial: start the spatial BN weight at 0 (authors' init; map = 0.5).
+        use_spatial: False gives the channel-only ablation.
+    """
+
+    def __init__(self, channels: int, reduction: float = 16, rd_channels: int | None = None,
+                 rd_divisor: int = 1, act_layer='relu', gate='sigmoid', mlp_bias: bool = True,
+                 spatial_kernel: int = 7, pool_order: str = 'max_mean', spatial_norm: bool = True,
+                 zero_init_spatial: bool = True, use_spatial: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.channel_gate = ChannelGate(channels, reduction, rd_channels, rd_divisor, act_layer, gate, mlp_bias)
+        self.spatial_gate = (SpatialGate(spatial_kernel, pool_order, spatial_norm, zero_init=zero_init_spatial, gate=gate)
+                             if use_spatial else None)
+        self.record_attention = False
+        self.attention_map: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels('CBAM', x, self.channels, min_dim=4)
+        x = x * self.channel_gate(x)
+        if self.spatial_gate is None:
+            return x
+        spatial = self.spatial_gate(x)
+        if self.record_attention:
+            self.attention_map = spatial.detach()
+        return x * spatial

@@ -1,0 +1,134 @@
+"""Non-local block (Wang et al., "Non-local Neural Networks", CVPR 2018).
+
+    y_i = 1/C(x) Σ_j f(x_i, x_j) g(x_j),    z = BN(W_z y) + x
+
+θ, φ, g are 1x1 convs to C/2 channels. f and C(x) by mode:
+    gaussian            softmax_j(x_iᵀ x_j)            (no θ/φ convs)
+    embedded_gaussian   softmax_j(θ_iᵀ φ_j)
+    dot_product         θ_iᵀ φ_j / N
+    concatenation       ReLU(wᵀ[θ_i; φ_j]) / N
+`use_scale` divides softmax energies by √(width), as the authors' code and mmcv do. The BN
+after W_z starts with γ = 0, so a new block is exactly the identity. `sub_sample` max-pools
+the φ and g paths (2 in 1D, 2x2 in 2D, 1x2x2 in 3D).
+
+Memory: no mode materialises the N x N map unless `record_attention` is set. Softmax modes
+run in query chunks; dot_product uses associativity, θ (φᵀ g) / N, which is O(N·C²);
+concatenation splits wᵀ[θ_i; φ_j] = a_i + b_j and forms ReLU(a_i + b_j) chunk by chunk.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._helpers import DEFAULT_CHUNK_ELEMENTS, DENSE_LIMIT_ELEMENTS, check_channels, softmax_attention
+
+MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d((2, 2)), 3: lambda: nn.MaxPool3d((1, 2, 2))}
+
+
+class NonLocal(nn.Module):
+    """Non-local block for sequences (dim=1), images (dim=2) or videos (dim=3).
+
+    Args:
+        channels: input (and output) channels C.
+        dim: 1, 2 or 3 spatial dims.
+        mode: one of 'gaussian', 'embedded_gaussian' (default), 'dot_product', 'concatenation'.
+        reduction: inner width C // reduction (paper: 2).
+        inter_channels: explicit inner width.
+        use_scale: scale softmax energies by width^-0.5.
+        sub_sample: max-pool the φ and g paths.
+        norm: BN after W_z (paper: True; its γ starts at 0). Without it W_z starts at 0.
+        chunk_elements: memory bound (score elements per chunk and sample).
+    """
+
+    def __init__(self, channels: int, dim: int = 2, mode: str = 'embedded_gaussian', reduction: int = 2,
+                 inter_channels: int | None = None, use_scale: bool = True, sub_sample: bool = False,
+                 norm: bool = True, init_std: float = 0.01, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if dim not in _CONV:
+            raise ValueError(f"dim: expected 1, 2 or 3, got {dim!r}")
+        conv = _CONV[dim]
+        self.channels, self.dim, self.mode = channels, dim, mode
+        self.inter_channels = inter_channels or max(channels // reduction, 1)
+        self.use_scale, self.sub_sample = use_scale, sub_sample
+        self.chunk_elements = chunk_elements
+        self.g = conv(channels, self.inter_channels, 1)
+        if mode != 'gaussian':
+            self.theta = conv(channels, self.inter_channels, 1)
+            self.phi = conv(channels, self.inter_channels, 1)
+        if mode == 'concatenation':
+            self.concat_project = nn.Conv2d(2 * self.inter_channels, 1, 1, bias=False)
+        self.pool = _POOL[dim]() if sub_sample else nn.Identity()
+        self.out_conv = conv(self.inter_channels, channels, 1, bias=not norm)
+        self.out_norm = _BN[dim](channels) if norm else nn.Identity()
+        self.record_attention = False
+        self.attention_map: torch.Tensor | None = None
+        self.reset_parameters(init_std)
+
+    def reset_parameters(self, init_std: float = 0.01) -> None:
+        for name in ('g', 'theta', 'phi'):
+            if hasattr(self, name):
+                nn.init.normal_(getattr(self, name).weight, std=init_std)
+                nn.init.zeros_(getattr(self, name).bias)
+        zero = self.out_norm if isinstance(self.out_norm, nn.modules.batchnorm._BatchNorm) else self.out_conv
+        nn.init.zeros_(zero.weight)
+        if zero.bias is not None:
+            nn.init.zeros_(zero.bias)
+
+    def _pairwise(self, x: torch.Tensor):
+        """Query features (B, N, ·) and key features (B, ·, Nk) of the pairwise function."""
+        if self.mode == 'gaussian':
+            return x.flatten(2).transpose(1, 2), self.pool(x).flatten(2)
+        return self.theta(x).flatten(2).transpose(1, 2), self.pool(self.phi(x)).flatten(2)
+
+    def _dense_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        num_keys = key.shape[-1]
+        if self.mode == 'concatenation':
+            weight = self.concat_project.weight.flatten()
+            a = query @ weight[:self.inter_channels]                      # B, N
+            b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])  # B, Nk
+            return torch.relu(a[:, :, None] + b[:, None, :]) / num_keys
+        energy = torch.bmm(query, key)
+        if self.mode == 'dot_product':
+            return energy / num_keys
+        if self.use_scale:
+            energy = energy * query.shape[-1] ** -0.5
+        return torch.softmax(energy, dim=-1)
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
+        check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
+        query, key = self._pairwise(x)
+        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)         # B, Nk, Ci
+        num_queries, num_keys = query.shape[1], key.shape[-1]
+        if self.record_attention:
+            weights = self._dense_weights(query, key)
+            self.attention_map = weights.detach()
+            y = torch.bmm(weights, value)
+        elif self.mode == 'dot_product':
+            y = torch.bmm(query, torch.bmm(key, value)) / num_keys
+        elif self.mode == 'concatenation':
+            y = self._concat_context(query, key, value)
+        else:
+            scale = query.shape[-1] ** -0.5 if self.use_scale else 1.0
+            y = softmax_attention(query, key, value, scale, self.chunk_elements)
+        return y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
+
+    def _concat_context(self, query, key, value):
+        num_queries, num_keys = query.shape[1], key.shape[-1]
+        if num_queries * num_keys <= DENSE_LIMIT_ELEMENTS:
+            return torch.bmm(self._dense_weights(query, key), value)
+        weight = self.concat_project.weight.flatten()
+        a = query @ weight[:self.inter_channels]
+        b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
+        chunk = max(1, self.chunk_elements // num_keys)
+        pieces = [torch.bmm(torch.relu(a[:, s:s + chunk, None] + b[:, None, :]), value)
+                  for s in range(0, num_queries, chunk)]
+        return torch.cat(pieces, dim=1) / num_keys
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out_norm(self.out_conv(self.context(x)))

@@ -1,0 +1,65 @@
+"""Learn to Pay Attention attention estimator (Jetley et al., ICLR 2018).
+
+    l̂_i = P l_i   (1x1 conv, only when l and g widths differ)
+    c_i = ⟨u, l̂_i + g⟩  ("pc")   or   ⟨l̂_i, g⟩  ("dp")
+    a = softmax_i(c_i),   g^s = Σ_i a_i l_i
+
+The attended vector sums the original local features (as the authors' public code does);
+the projection is used for compatibility only. `normalize='sigmoid'` gives the public
+variant: a = σ(c), g^s = mean_i a_i l_i.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._helpers import check_channels
+
+
+class PayAttention(nn.Module):
+    """Attention of a local feature map against a global feature vector.
+
+    Args:
+        channels: local map channels C_l.
+        global_channels: global vector width C_g (default C_l; a projection is added if different).
+        compatibility: 'pc' (parametrised, learned u) or 'dp' (dot product).
+        normalize: 'softmax' (paper) or 'sigmoid'.
+
+    forward(local (B, C_l, H, W), global (B, C_g)) -> (g^s (B, C_l), attention (B, 1, H, W)).
+    """
+
+    def __init__(self, channels: int, global_channels: int | None = None, compatibility: str = 'pc',
+                 normalize: str = 'softmax'):
+        super().__init__()
+        if compatibility not in ('pc', 'dp'):
+            raise ValueError(f"compatibility: expected 'pc' or 'dp', got {compatibility!r}")
+        if normalize not in ('softmax', 'sigmoid'):
+            raise ValueError(f"normalize: expected 'softmax' or 'sigmoid', got {normalize!r}")
+        self.channels = channels
+        self.global_channels = global_channels or channels
+        self.compatibility, self.normalize = compatibility, normalize
+        self.project = (nn.Conv2d(channels, self.global_channels, 1, bias=False)
+                        if self.global_channels != channels else nn.Identity())
+        self.u = nn.Conv2d(self.global_channels, 1, 1, bias=False) if compatibility == 'pc' else None
+        self.record_attention = False
+        self.attention_map: torch.Tensor | None = None
+
+    def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
+        check_channels('PayAttention', local, self.channels, min_dim=4)
+        if global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels:
+            raise ValueError(f"PayAttention: global feature must be (B, {self.global_channels}), "
+                             f"got {tuple(global_feat.shape)}")
+        batch, _, height, width = local.shape
+        projected = self.project(local)
+        g = global_feat[:, :, None, None]
+        scores = self.u(projected + g) if self.u is not None else (projected * g).sum(1, keepdim=True)
+        if self.normalize == 'softmax':
+            attn = torch.softmax(scores.flatten(2), dim=-1)              # B, 1, N
+            attended = torch.bmm(local.flatten(2), attn.transpose(1, 2)).squeeze(-1)
+        else:
+            attn = torch.sigmoid(scores.flatten(2))
+            attended = (local.flatten(2) * attn).mean(-1)
+        attn = attn.view(batch, 1, height, width)
+        if self.record_attention:
+            self.attention_map = attn.detach()
+        return attended, attn

@@ -1,0 +1,59 @@
+"""DANet position attention module, PAM (Fu et al., "Dual Attention Network for Scene
+Segmentation", CVPR 2019).
+
+    B = Wq A,  C = Wk A  (C/8 channels),  D = Wv A  (C channels),   A: C x N, N = H·W
+    S_ij = softmax_j(B_iᵀ C_j),   E = γ · D Sᵀ + A,   γ initialised to 0
+
+The N x N map S is never materialised: queries are processed in chunks (equal to the dense
+formula), so memory grows with N, not N². Set `record_attention` to keep S for pictures.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._helpers import DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
+
+
+class PositionAttention(nn.Module):
+    """Self-attention over all positions, added to the input with a learned scale γ (0 at init).
+
+    Args:
+        channels: input (and output) channels C.
+        reduction: query/key width is C // reduction (paper: 8).
+        qk_channels: explicit query/key width (overrides `reduction`).
+        scale: multiply the energies by this (paper: 1, no scaling).
+        chunk_elements: score elements computed at once per sample (memory bound).
+    """
+
+    def __init__(self, channels: int, reduction: int = 8, qk_channels: int | None = None,
+                 scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+        super().__init__()
+        self.channels = channels
+        self.qk_channels = qk_channels or max(channels // reduction, 1)
+        self.query = nn.Conv2d(channels, self.qk_channels, 1)
+        self.key = nn.Conv2d(channels, self.qk_channels, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.scale = scale
+        self.chunk_elements = chunk_elements
+        self.record_attention = False
+        self.attention_map: torch.Tensor | None = None
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
+        check_channels('PositionAttention', x, self.channels, min_dim=4)
+        batch, _, height, width = x.shape
+        query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
+        key = self.key(x).flatten(2)                          # B, Ck, N
+        value = self.value(x).flatten(2).transpose(1, 2)      # B, N, C
+        if self.record_attention:
+            attn = torch.softmax(self.scale * torch.bmm(query, key), dim=-1)
+            self.attention_map = attn.detach()
+            out = torch.bmm(attn, value)
+        else:
+            out = softmax_attention(query, key, value, self.scale, self.chunk_elements)
+        return out.transpose(1, 2).reshape(batch, -1, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.context(x) + x
