@@ -118,3 +118,9 @@ def resize_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return F.adaptive_avg_pool2d(x, size) if x.dim() == 4 else F.adaptive_avg_pool3d(x, size)
     mode = 'bilinear' if x.dim() == 4 else 'trilinear'
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def place(module: nn.Module, device=None, dtype=None) -> None:
+    """Move a freshly built block to `device`/`dtype` (timm passes both to attention layers)."""
+    if device is not None or dtype is not None:
+        module.to(device=device, dtype=dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import check_channels, create_act, create_gate, make_divisible
+from ._helpers import place, check_channels, create_act, create_gate, make_divisible
 
 
 class ChannelGate(nn.Module):
@@ -75,7 +75,7 @@ class CBAM(nn.Module):
     def __init__(self, channels: int, reduction: float = 16, rd_channels: int | None = None,
                  rd_divisor: int = 1, act_layer='relu', gate='sigmoid', mlp_bias: bool = True,
                  spatial_kernel: int = 7, pool_order: str = 'max_mean', spatial_norm: bool = True,
-                 zero_init_spatial: bool = True, use_spatial: bool = True):
+                 zero_init_spatial: bool = True, use_spatial: bool = True, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         self.channel_gate = ChannelGate(channels, reduction, rd_channels, rd_divisor, act_layer, gate, mlp_bias)
@@ -84,6 +84,7 @@ class CBAM(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('CBAM', x, self.channels, min_dim=4)
         x = x * self.channel_gate(x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import check_channels
+from ._helpers import place, check_channels
 
 
 class ChannelAttention(nn.Module):
@@ -21,13 +21,14 @@ class ChannelAttention(nn.Module):
         channels: input (and output) channels C; the block has no convs, only β.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         self.gamma = nn.Parameter(torch.zeros(1))
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """X A reshaped to x's shape: the attention output before β and the residual."""
         check_channels('ChannelAttention', x, self.channels, min_dim=3)

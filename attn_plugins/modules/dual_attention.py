@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import DEFAULT_CHUNK_ELEMENTS
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS
 from .channel_attention import ChannelAttention
 from .position_attention import PositionAttention
 
@@ -28,11 +28,12 @@ class DualAttention(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = 8, qk_channels: int | None = None,
-                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         self.pam = PositionAttention(channels, reduction, qk_channels, chunk_elements=chunk_elements)
         self.cam = ChannelAttention(channels)
 
+        place(self, device, dtype)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pam.gamma * self.pam.context(x) + self.cam.gamma * self.cam.context(x)

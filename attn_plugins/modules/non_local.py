@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import DEFAULT_CHUNK_ELEMENTS, DENSE_LIMIT_ELEMENTS, check_channels, softmax_attention
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, DENSE_LIMIT_ELEMENTS, check_channels, softmax_attention
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -45,7 +45,7 @@ class NonLocal(nn.Module):
 
     def __init__(self, channels: int, dim: int = 2, mode: str = 'embedded_gaussian', reduction: int = 2,
                  inter_channels: int | None = None, use_scale: bool = True, sub_sample: bool = False,
-                 norm: bool = True, init_std: float = 0.01, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                 norm: bool = True, init_std: float = 0.01, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -69,6 +69,7 @@ class NonLocal(nn.Module):
         self.attention_map: torch.Tensor | None = None
         self.reset_parameters(init_std)
 
+        place(self, device, dtype)
     def reset_parameters(self, init_std: float = 0.01) -> None:
         for name in ('g', 'theta', 'phi'):
             if hasattr(self, name):

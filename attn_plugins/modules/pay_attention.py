@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import check_channels
+from ._helpers import place, check_channels
 
 
 class PayAttention(nn.Module):
@@ -29,7 +29,7 @@ class PayAttention(nn.Module):
     """
 
     def __init__(self, channels: int, global_channels: int | None = None, compatibility: str = 'pc',
-                 normalize: str = 'softmax'):
+                 normalize: str = 'softmax', device=None, dtype=None):
         super().__init__()
         if compatibility not in ('pc', 'dp'):
             raise ValueError(f"compatibility: expected 'pc' or 'dp', got {compatibility!r}")
@@ -44,6 +44,7 @@ class PayAttention(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
         check_channels('PayAttention', local, self.channels, min_dim=4)
         if global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
 
 
 class PositionAttention(nn.Module):
@@ -27,7 +27,7 @@ class PositionAttention(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = 8, qk_channels: int | None = None,
-                 scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                 scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         self.qk_channels = qk_channels or max(channels // reduction, 1)
@@ -40,6 +40,7 @@ class PositionAttention(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=4)

@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._helpers import DEFAULT_CHUNK_ELEMENTS, softmax_attention, resize_to
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, softmax_attention, resize_to
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -48,7 +48,7 @@ class PyramidAttention(nn.Module):
 
     def __init__(self, channels: int, in_channels: Sequence[int] | None = None, fuse_channels: int | None = None,
                  num_components: int | None = None, target_index: int = 0, dim: int = 2,
-                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         if dim not in _CONV:
             raise ValueError(f"dim: expected 2 (images) or 3 (videos), got {dim!r}")
@@ -73,6 +73,7 @@ class PyramidAttention(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def _check(self, feats: list[torch.Tensor]) -> None:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"PyramidAttention: expected {len(self.in_channels)} feature maps "

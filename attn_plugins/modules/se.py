@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import check_channels, create_act, create_gate, make_divisible
+from ._helpers import place, check_channels, create_act, create_gate, make_divisible
 
 
 class SE(nn.Module):
@@ -27,7 +27,7 @@ class SE(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: float = 16, rd_channels: int | None = None,
-                 rd_divisor: int = 1, act_layer='relu', gate='sigmoid', bias: bool = True):
+                 rd_divisor: int = 1, act_layer='relu', gate='sigmoid', bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         rd_channels = rd_channels or make_divisible(channels / reduction, rd_divisor, round_limit=0.)
@@ -38,6 +38,7 @@ class SE(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 
+        place(self, device, dtype)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('SE', x, self.channels, min_dim=4)
         scale = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))

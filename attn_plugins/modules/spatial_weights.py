@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import check_channels, create_act
+from ._helpers import place, check_channels, create_act
 
 
 class SpatialWeights(nn.Module):
@@ -26,7 +26,7 @@ class SpatialWeights(nn.Module):
         init_bias: bias of the last conv at init; the map starts at about this value.
     """
 
-    def __init__(self, channels: int, hidden_channels: int = 256, act_layer='relu', init_bias: float = 1.0):
+    def __init__(self, channels: int, hidden_channels: int = 256, act_layer='relu', init_bias: float = 1.0, device=None, dtype=None):
         super().__init__()
         self.channels = channels
         self.conv1 = nn.Conv2d(channels, hidden_channels, 1)
@@ -37,6 +37,7 @@ class SpatialWeights(nn.Module):
         self.attention_map: torch.Tensor | None = None
         self.reset_parameters(init_bias)
 
+        place(self, device, dtype)
     def reset_parameters(self, init_bias: float = 1.0) -> None:
         for conv, std in ((self.conv1, 0.01), (self.conv2, 0.01), (self.conv3, 0.001)):
             nn.init.normal_(conv.weight, std=std)

@@ -1,0 +1,66 @@
+"""Register the blocks into mmengine's MODELS, so OpenMMLab configs can build them.
+
+Each block is registered twice: in the root `MODELS` under its plain name (so a mmdet or mmseg
+config finds `type='CBAM'` through the registry's parent chain) and in a child registry with
+scope 'attn_plugins' (so `type='attn_plugins.CBAM'` works from any scope). The registered
+classes are thin subclasses that also accept OpenMMLab's `in_channels=` keyword (the plugin
+builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer names.
+"""
+from __future__ import annotations
+
+import re
+
+from mmengine.registry import MODELS
+
+from ..registry import BLOCKS, SCOPE, ConfigError
+
+ATTN_MODELS = MODELS if MODELS.scope == SCOPE else None
+_REGISTERED: dict[str, type] = {}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r'(?<!^)(?=[A-Z])', '_', name).lower()
+
+
+def openmmlab_class(name: str, cls: type) -> type:
+    """A subclass of `cls` whose constructor also takes `in_channels` (OpenMMLab's keyword)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+
+    def __init__(self, channels=None, *args, in_channels=None, **kwargs):
+        if channels is None and in_channels is None:
+            raise ConfigError(f"{name}: needs `channels` (or OpenMMLab's `in_channels`)")
+        if channels is not None and in_channels is not None and channels != in_channels:
+            raise ConfigError(f"{name}: channels={channels} disagrees with in_channels={in_channels} "
+                              "passed by the host model; remove `channels` from the plugin cfg")
+        cls.__init__(self, channels if channels is not None else in_channels, *args, **kwargs)
+
+    sub = type(name, (cls,), {'__init__': __init__, '_abbr_': _snake(name), '__doc__': cls.__doc__,
+                              '__module__': cls.__module__, '__qualname__': name})
+    _REGISTERED[name] = sub
+    return sub
+
+
+def scoped_registry():
+    """The child registry with scope 'attn_plugins' (created once)."""
+    global ATTN_MODELS
+    if ATTN_MODELS is None:
+        from mmengine.registry import Registry
+        existing = MODELS.children.get(SCOPE)
+        ATTN_MODELS = existing or Registry('model', parent=MODELS, scope=SCOPE)
+    return ATTN_MODELS
+
+
+def register_blocks() -> None:
+    """Register every block of `attn_plugins.registry.BLOCKS` (idempotent)."""
+    child = scoped_registry()
+    for name, cls in BLOCKS.items():
+        sub = openmmlab_class(name, cls)
+        for registry in (MODELS, child):
+            current = registry.module_dict.get(name)
+            if current is sub:
+                continue
+            if current is not None:
+                raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
+                                  f"{registry.scope} MODELS by {current.__module__}.{current.__name__}")
+            registry.register_module(name=name, module=sub)
