@@ -51,6 +51,18 @@ def scoped_registry():
     return ATTN_MODELS
 
 
+def inject_attention(module: dict, plugins: list, example_input=None):
+    """Registered as 'InjectAttention': build `module` (any registered backbone, neck or model)
+    through mmengine's MODELS in the current scope, then inject `plugins` (injector specs).
+    Serves backbones without a `plugins` argument (BasicBlock ResNets, ResNeXt, Swin, ...)."""
+    from ..injector import inject
+    if not isinstance(module, dict) or 'type' not in module:
+        raise ConfigError("InjectAttention.module: expected a dict with 'type' (the model to build)")
+    with MODELS.switch_scope_and_registry(None) as registry:
+        built = registry.build(module)
+    return inject(built, plugins, example_input=example_input)
+
+
 def register_blocks() -> None:
     """Register every block of `attn_plugins.registry.BLOCKS` (idempotent)."""
     child = scoped_registry()
@@ -64,3 +76,6 @@ def register_blocks() -> None:
                 raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
                                   f"{registry.scope} MODELS by {current.__module__}.{current.__name__}")
             registry.register_module(name=name, module=sub)
+    for registry in (MODELS, child):
+        if registry.module_dict.get('InjectAttention') is not inject_attention:
+            registry.register_module(name='InjectAttention', module=inject_attention)

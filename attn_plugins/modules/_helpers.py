@@ -22,6 +22,14 @@ def make_divisible(value: float, divisor: int = 1, min_value: int | None = None,
     return rounded
 
 
+def reduced_channels(channels: int, reduction: float, rd_divisor: int = 1) -> int:
+    """Hidden width of a squeeze MLP: C // r as in the authors' code (divisor 1), else rounded to
+    a multiple of `rd_divisor` as timm does."""
+    if rd_divisor <= 1:
+        return max(1, int(channels // reduction))
+    return make_divisible(channels / reduction, rd_divisor, round_limit=0.)
+
+
 _GATES: dict[str, Callable[[], nn.Module]] = {
     'sigmoid': nn.Sigmoid,
     'hard_sigmoid': nn.Hardsigmoid,

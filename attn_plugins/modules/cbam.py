@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels, create_act, create_gate, make_divisible
+from ._helpers import place, check_channels, create_act, create_gate, reduced_channels
 
 
 class ChannelGate(nn.Module):
@@ -22,7 +22,7 @@ class ChannelGate(nn.Module):
     def __init__(self, channels: int, reduction: float = 16, rd_channels: int | None = None,
                  rd_divisor: int = 1, act_layer='relu', gate='sigmoid', mlp_bias: bool = True):
         super().__init__()
-        rd_channels = rd_channels or make_divisible(channels / reduction, rd_divisor, round_limit=0.)
+        rd_channels = rd_channels or reduced_channels(channels, reduction, rd_divisor)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=mlp_bias)
         self.act = create_act(act_layer)
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias)

@@ -24,7 +24,7 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, device=None, dtype=None):
         super().__init__()
         self.channels = channels
-        self.gamma = nn.Parameter(torch.zeros(1))
+        self.gamma = nn.Parameter(torch.zeros(()))
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
 

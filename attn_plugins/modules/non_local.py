@@ -7,7 +7,8 @@
     embedded_gaussian   softmax_j(θ_iᵀ φ_j)
     dot_product         θ_iᵀ φ_j / N
     concatenation       ReLU(wᵀ[θ_i; φ_j]) / N
-`use_scale` divides softmax energies by √(width), as the authors' code and mmcv do. The BN
+`use_scale` divides embedded-gaussian energies by √(C/2), as the authors' code and mmcv
+do (the plain gaussian is never scaled, as in the paper and mmcv). The BN
 after W_z starts with γ = 0, so a new block is exactly the identity. `sub_sample` max-pools
 the φ and g paths (2 in 1D, 2x2 in 2D, 1x2x2 in 3D).
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, DENSE_LIMIT_ELEMENTS, check_channels, softmax_attention
+from . import _helpers
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -37,7 +39,7 @@ class NonLocal(nn.Module):
         mode: one of 'gaussian', 'embedded_gaussian' (default), 'dot_product', 'concatenation'.
         reduction: inner width C // reduction (paper: 2).
         inter_channels: explicit inner width.
-        use_scale: scale softmax energies by width^-0.5.
+        use_scale: scale embedded_gaussian energies by inter_channels^-0.5.
         sub_sample: max-pool the φ and g paths.
         norm: BN after W_z (paper: True; its γ starts at 0). Without it W_z starts at 0.
         chunk_elements: memory bound (score elements per chunk and sample).
@@ -96,7 +98,7 @@ class NonLocal(nn.Module):
         energy = torch.bmm(query, key)
         if self.mode == 'dot_product':
             return energy / num_keys
-        if self.use_scale:
+        if self.use_scale and self.mode == 'embedded_gaussian':
             energy = energy * query.shape[-1] ** -0.5
         return torch.softmax(energy, dim=-1)
 
@@ -115,13 +117,13 @@ class NonLocal(nn.Module):
         elif self.mode == 'concatenation':
             y = self._concat_context(query, key, value)
         else:
-            scale = query.shape[-1] ** -0.5 if self.use_scale else 1.0
+            scale = query.shape[-1] ** -0.5 if self.use_scale and self.mode == 'embedded_gaussian' else 1.0
             y = softmax_attention(query, key, value, scale, self.chunk_elements)
         return y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
 
     def _concat_context(self, query, key, value):
         num_queries, num_keys = query.shape[1], key.shape[-1]
-        if num_queries * num_keys <= DENSE_LIMIT_ELEMENTS:
+        if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS:
             return torch.bmm(self._dense_weights(query, key), value)
         weight = self.concat_project.weight.flatten()
         a = query @ weight[:self.inter_channels]

@@ -34,7 +34,7 @@ class PositionAttention(nn.Module):
         self.query = nn.Conv2d(channels, self.qk_channels, 1)
         self.key = nn.Conv2d(channels, self.qk_channels, 1)
         self.value = nn.Conv2d(channels, channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        self.gamma = nn.Parameter(torch.zeros(()))
         self.scale = scale
         self.chunk_elements = chunk_elements
         self.record_attention = False

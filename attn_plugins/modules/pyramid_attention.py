@@ -68,7 +68,7 @@ class PyramidAttention(nn.Module):
         self.components = nn.Parameter(torch.empty(self.fuse_channels, self.num_components))
         nn.init.orthogonal_(self.components)
         self.value = conv(channels, channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
+        self.gamma = nn.Parameter(torch.zeros(()))
         self.pca_loss: torch.Tensor | None = None
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None

@@ -1,0 +1,36 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+warnings.filterwarnings('ignore', category=DeprecationWarning)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def force_chunks(monkeypatch):
+    """Make every attention take the chunked path with small chunks."""
+    from attn_plugins.modules import _helpers
+    monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)
+    return 7 * 5  # chunk_elements that splits queries unevenly
+
+
+def randomize(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give every parameter and BN buffer random values (so zero-init blocks compute something)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+        for name, b in module.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return module
