@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import _helpers
 from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
@@ -27,7 +28,8 @@ from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_att
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_POOL = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d((2, 2)), 3: lambda: nn.MaxPool3d((1, 2, 2))}
+_POOL_KERNEL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
 class NonLocal(nn.Module):
@@ -64,7 +66,6 @@ class NonLocal(nn.Module):
             self.phi = conv(channels, self.inter_channels, 1)
         if mode == 'concatenation':
             self.concat_project = nn.Conv2d(2 * self.inter_channels, 1, 1, bias=False)
-        self.pool = _POOL[dim]() if sub_sample else nn.Identity()
         self.out_conv = conv(self.inter_channels, channels, 1, bias=not norm)
         self.out_norm = _BN[dim](channels) if norm else nn.Identity()
         self.record_attention = False
@@ -81,6 +82,13 @@ class NonLocal(nn.Module):
         nn.init.zeros_(zero.weight)
         if zero.bias is not None:
             nn.init.zeros_(zero.bias)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pool sub-sampling of the φ/g paths; the kernel shrinks on dims smaller than it."""
+        if not self.sub_sample:
+            return x
+        kernel = tuple(min(k, s) for k, s in zip(_POOL_KERNEL[self.dim], x.shape[2:]))
+        return _MAX_POOL[self.dim](x, kernel, kernel)
 
     def _pairwise(self, x: torch.Tensor):
         """Query features (B, N, ·) and key features (B, ·, Nk) of the pairwise function."""
@@ -123,7 +131,7 @@ class NonLocal(nn.Module):
 
     def _concat_context(self, query, key, value):
         num_queries, num_keys = query.shape[1], key.shape[-1]
-        if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS:
+        if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing():
             return torch.bmm(self._dense_weights(query, key), value)
         weight = self.concat_project.weight.flatten()
         a = query @ weight[:self.inter_channels]

@@ -47,7 +47,7 @@ class PayAttention(nn.Module):
         place(self, device, dtype)
     def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
         check_channels('PayAttention', local, self.channels, min_dim=4)
-        if global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels:
+        if not torch.jit.is_tracing() and (global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels):
             raise ValueError(f"PayAttention: global feature must be (B, {self.global_channels}), "
                              f"got {tuple(global_feat.shape)}")
         batch, _, height, width = local.shape

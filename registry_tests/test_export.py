@@ -1,0 +1,34 @@
+"""torch.compile and ONNX export (compared in onnxruntime) for every block."""
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from blocks_zoo import NAMES, activate, make, outputs
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torch_compile_matches_eager(name):
+    torch._dynamo.reset()
+    block = activate(make(name, 8)).eval()
+    x = torch.randn(2, 8, 6, 5)
+    compiled = torch.compile(block, backend='inductor', fullgraph=False)
+    with torch.no_grad():
+        torch.testing.assert_close(outputs(compiled(x))[0], outputs(block(x))[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_onnx_export_matches_eager(name, tmp_path):
+    block = activate(make(name, 8)).eval()
+    x = torch.randn(2, 8, 6, 5)
+    path = os.fspath(tmp_path / f'{name}.onnx')
+    torch.onnx.export(block, (x,), path, dynamo=False, opset_version=17)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = outputs(block(x))
+    for g, w in zip(got, want):
+        w = w.numpy()  # onnxruntime sums in another order: tolerance relative to the output scale
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(w).max())))
