@@ -25,10 +25,13 @@ def test_onnx_export_matches_eager(name, tmp_path):
     x = torch.randn(2, 8, 6, 5)
     path = os.fspath(tmp_path / f'{name}.onnx')
     torch.onnx.export(block, (x,), path, dynamo=False, opset_version=17)
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    # The exported graph is checked as written: onnxruntime's graph fusions change float sums
+    # (seen: 3e-4 on the concatenation mode) while the unfused graph matches float64 to 1e-7.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         want = outputs(block(x))
     for g, w in zip(got, want):
-        w = w.numpy()  # onnxruntime sums in another order: tolerance relative to the output scale
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5 * max(1.0, float(np.abs(w).max())))
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
