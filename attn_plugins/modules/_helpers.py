@@ -79,6 +79,21 @@ def _softmax_chunk(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.bmm(torch.softmax(scores, dim=-1), value)
 
 
+def _softmax_chunk_inplace(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """No-grad softmax(scores) @ value that reuses the score buffer and normalises the (smaller)
+    output instead of the scores: exp(s - max) @ v / Σ exp(s - max)."""
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    denom = scores.sum(-1, keepdim=True)
+    return torch.bmm(scores, value).div_(denom)
+
+
+def residual_add(x: torch.Tensor, scale: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """x + scale * context; in place on `context` when no gradient is recorded (one temp fewer)."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
+        return x + scale * context
+    return context.mul_(scale).add_(x)
+
+
 def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """out = softmax(scale * query @ key) @ value without materialising the full score matrix.
@@ -105,7 +120,7 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     out = value.new_empty(batch, num_queries, value.shape[-1])
     for start in range(0, num_queries, chunk):
         stop = min(start + chunk, num_queries)
-        out[:, start:stop] = _softmax_chunk(torch.bmm(query[:, start:stop], key), value)
+        out[:, start:stop] = _softmax_chunk_inplace(torch.bmm(query[:, start:stop], key), value)
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels
+from ._helpers import place, residual_add, check_channels
 
 
 class ChannelAttention(nn.Module):
@@ -39,4 +39,4 @@ class ChannelAttention(nn.Module):
         return torch.bmm(attn, flat).view_as(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.context(x) + x
+        return residual_add(x, self.gamma, self.context(x))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
+from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
 
 
 class PositionAttention(nn.Module):
@@ -57,4 +57,4 @@ class PositionAttention(nn.Module):
         return out.transpose(1, 2).reshape(batch, -1, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.context(x) + x
+        return residual_add(x, self.gamma, self.context(x))

@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, softmax_attention, resize_to
+from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, softmax_attention, resize_to
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -105,7 +105,7 @@ class PyramidAttention(nn.Module):
             out = torch.bmm(attn, value)
         else:
             out = softmax_attention(query, codes, value, scale, self.chunk_elements)
-        return target + self.gamma * out.transpose(1, 2).reshape_as(target)
+        return residual_add(target, self.gamma, out.transpose(1, 2).reshape_as(target))
 
     def _pca_loss(self, centred: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         recon = torch.matmul(self.components, codes)                   # B, Cf, N

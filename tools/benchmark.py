@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Benchmark attention blocks against their peers (timm, mmcv, mmsegmentation).
+
+    python tools/benchmark.py --suite blocks [--quick] [--out work_dirs/benchmark]
+
+Every (case, implementation) runs in its own subprocess, so peak memory is that run's own:
+peak RSS during the forward pass minus RSS just before it (inputs and weights already built).
+Times are the median of `repeats` forward passes after one warm-up (one pass for the large
+attention cases). Results are printed as ratios, peer / ours (> 1 means ours is better), and
+written as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# name -> (ours factory, peer factory, input shape, repeats); factories are source snippets run in
+# the child process with `c` = channels.
+CASES = {
+    'SE r50-layer1': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 256, 56, 56), 10),
+    'SE r50-layer4': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 2048, 7, 7), 10),
+    'CBAM r50-layer1': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 256, 56, 56), 10),
+    'CBAM r50-layer4': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 2048, 7, 7), 10),
+    'CAM danet-512x1024': ('ChannelAttention(c)', 'CAM()', (2, 512, 64, 128), 5),
+    'PAM 128x256': ('PositionAttention(c, qk_channels=64)', 'PAM(c, 64)', (1, 512, 128, 256), 1),
+    'NonLocal2d 128x256': ('NonLocal(c, norm=False)', 'NonLocal2d(c)', (1, 512, 128, 256), 1),
+}
+QUICK = {'PAM 128x256': (1, 512, 64, 128), 'NonLocal2d 128x256': (1, 512, 64, 128),
+         'CAM danet-512x1024': (2, 512, 32, 64)}
+
+CHILD = r'''
+import json, resource, statistics, sys, time, torch
+torch.set_num_threads({threads})
+from attn_plugins.modules import *
+from timm.layers.squeeze_excite import SEModule
+from timm.layers.cbam import CbamModule
+from mmcv.cnn import NonLocal2d
+from mmseg.models.decode_heads.da_head import CAM, PAM
+torch.manual_seed(0)
+shape = {shape}
+c = shape[1]
+block = ({factory}).eval()
+x = torch.randn(*shape)
+def rss_kb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+times = []
+with torch.no_grad():
+    if {repeats} > 1:
+        block(x)
+    base = rss_kb()
+    for _ in range({repeats}):
+        t = time.perf_counter(); y = block(x); times.append(time.perf_counter() - t)
+        del y
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(time_s=statistics.median(times), peak_mb=max(peak - base, 0) / 1024,
+                      process_peak_mb=peak / 1024)))
+'''
+
+
+def run_child(factory: str, shape, repeats: int, threads: int) -> dict:
+    code = CHILD.format(factory=factory, shape=tuple(shape), repeats=repeats, threads=threads)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed for {factory}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--suite', choices=['blocks'], default='blocks')
+    parser.add_argument('--quick', action='store_true', help='smaller attention maps (minutes -> seconds)')
+    parser.add_argument('--only', nargs='*', help='case names (substring match)')
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--out', default='work_dirs/benchmark')
+    args = parser.parse_args(argv)
+
+    rows = []
+    for name, (ours, peer, shape, repeats) in CASES.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
+        if args.quick:
+            shape = QUICK.get(name, shape)
+        print(f"[bench] {name} {tuple(shape)} ...", flush=True)
+        r_peer = run_child(peer, shape, repeats, args.threads)
+        r_ours = run_child(ours, shape, repeats, args.threads)
+        rows.append(dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=r_ours['time_s'],
+                         peer_time_s=r_peer['time_s'], ours_peak_mb=r_ours['peak_mb'], peer_peak_mb=r_peer['peak_mb'],
+                         ours_process_peak_mb=r_ours['process_peak_mb'], peer_process_peak_mb=r_peer['process_peak_mb'],
+                         speedup=r_peer['time_s'] / r_ours['time_s'],
+                         memory_ratio=r_peer['peak_mb'] / max(r_ours['peak_mb'], 1e-3)))
+    header = f"{'case':<22}{'shape':<22}{'ms ours/peer':>20}{'speedup':>9}{'peak MB ours/peer':>20}{'mem ratio':>10}"
+    print(header)
+    print('-' * len(header))
+    for r in rows:
+        print(f"{r['case']:<22}{str(tuple(r['shape'])):<22}"
+              f"{r['ours_time_s'] * 1e3:>10.1f}/{r['peer_time_s'] * 1e3:<9.1f}{r['speedup']:>8.2f}x"
+              f"{r['ours_peak_mb']:>10.0f}/{r['peer_peak_mb']:<9.0f}{r['memory_ratio']:>9.1f}x")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{args.suite}{'_quick' if args.quick else ''}.json")
+    with open(path, 'w') as f:
+        json.dump(dict(suite=args.suite, threads=args.threads, rows=rows), f, indent=2)
+    print(f"[bench] wrote {path}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
