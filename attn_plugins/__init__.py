@@ -37,6 +37,10 @@ def _register_integrations() -> None:
     from .integrations import timm as _timm
     _mm.register_blocks()
     _timm.register_models()
+    import importlib.util
+    if importlib.util.find_spec('mmseg') is not None and importlib.util.find_spec('mmcv') is not None:
+        from .integrations import mmseg as _mmseg
+        _mmseg.register_heads()
 
 
 _register_integrations()

@@ -3,10 +3,10 @@
 
     python tools/benchmark.py --suite blocks [--quick] [--out work_dirs/benchmark]
 
-Every (case, implementation) runs in its own subprocess, so peak memory is that run's own:
-peak RSS during the forward pass minus RSS just before it (inputs and weights already built).
-Times are the median of `repeats` forward passes after one warm-up (one pass for the large
-attention cases). Results are printed as ratios, peer / ours (> 1 means ours is better), and
+Times: ours and the peer run in one process on the same input, alternating which goes first;
+the median of `repeats` forward passes after a warm-up (one pass each for the large attention
+cases). Peak memory: each implementation in its own process (ru_maxrss cannot be reset),
+peak RSS of the forward pass minus RSS just before it (inputs and weights already built). Results are printed as ratios, peer / ours (> 1 means ours is better), and
 written as JSON.
 """
 from __future__ import annotations
@@ -23,18 +23,18 @@ import time
 # name -> (ours factory, peer factory, input shape, repeats); factories are source snippets run in
 # the child process with `c` = channels.
 CASES = {
-    'SE r50-layer1': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 256, 56, 56), 10),
-    'SE r50-layer4': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 2048, 7, 7), 10),
-    'CBAM r50-layer1': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 256, 56, 56), 10),
-    'CBAM r50-layer4': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 2048, 7, 7), 10),
-    'CAM danet-512x1024': ('ChannelAttention(c)', 'CAM()', (2, 512, 64, 128), 5),
+    'SE r50-layer1': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 256, 56, 56), 40),
+    'SE r50-layer4': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 2048, 7, 7), 40),
+    'CBAM r50-layer1': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 256, 56, 56), 40),
+    'CBAM r50-layer4': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 2048, 7, 7), 40),
+    'CAM danet-512x1024': ('ChannelAttention(c)', 'CAM()', (2, 512, 64, 128), 10),
     'PAM 128x256': ('PositionAttention(c, qk_channels=64)', 'PAM(c, 64)', (1, 512, 128, 256), 1),
     'NonLocal2d 128x256': ('NonLocal(c, norm=False)', 'NonLocal2d(c)', (1, 512, 128, 256), 1),
 }
 QUICK = {'PAM 128x256': (1, 512, 64, 128), 'NonLocal2d 128x256': (1, 512, 64, 128),
          'CAM danet-512x1024': (2, 512, 32, 64)}
 
-CHILD = r'''
+PRELUDE = r"""
 import json, resource, statistics, sys, time, torch
 torch.set_num_threads({threads})
 from attn_plugins.modules import *
@@ -45,30 +45,44 @@ from mmseg.models.decode_heads.da_head import CAM, PAM
 torch.manual_seed(0)
 shape = {shape}
 c = shape[1]
-block = ({factory}).eval()
 x = torch.randn(*shape)
+"""
+
+# Times: ours and the peer in one process, alternating which runs first, median per side.
+TIME_CHILD = PRELUDE + r"""
+impls = dict(ours=({ours}).eval(), peer=({peer}).eval())
+times = dict(ours=[], peer=[])
+with torch.no_grad():
+    if {repeats} > 1:
+        for m in impls.values():
+            m(x)
+    for i in range({repeats}):
+        order = ('ours', 'peer') if i % 2 else ('peer', 'ours')
+        for name in order:
+            t = time.perf_counter(); y = impls[name](x); times[name].append(time.perf_counter() - t)
+            del y
+print(json.dumps({{k: statistics.median(v) for k, v in times.items()}}))
+"""
+
+# Peak memory: one implementation per process (ru_maxrss cannot be reset), forward only.
+MEMORY_CHILD = PRELUDE + r"""
+block = ({factory}).eval()
 def rss_kb():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
-times = []
 with torch.no_grad():
-    if {repeats} > 1:
-        block(x)
+    block(x[:1, :, :2, :2].contiguous())
     base = rss_kb()
-    for _ in range({repeats}):
-        t = time.perf_counter(); y = block(x); times.append(time.perf_counter() - t)
-        del y
+    block(x)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(time_s=statistics.median(times), peak_mb=max(peak - base, 0) / 1024,
-                      process_peak_mb=peak / 1024)))
-'''
+print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)))
+"""
 
 
-def run_child(factory: str, shape, repeats: int, threads: int) -> dict:
-    code = CHILD.format(factory=factory, shape=tuple(shape), repeats=repeats, threads=threads)
+def run_child(code: str) -> dict:
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"benchmark child failed for {factory}:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"benchmark child failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,13 +102,16 @@ def main(argv=None) -> int:
         if args.quick:
             shape = QUICK.get(name, shape)
         print(f"[bench] {name} {tuple(shape)} ...", flush=True)
-        r_peer = run_child(peer, shape, repeats, args.threads)
-        r_ours = run_child(ours, shape, repeats, args.threads)
-        rows.append(dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=r_ours['time_s'],
-                         peer_time_s=r_peer['time_s'], ours_peak_mb=r_ours['peak_mb'], peer_peak_mb=r_peer['peak_mb'],
-                         ours_process_peak_mb=r_ours['process_peak_mb'], peer_process_peak_mb=r_peer['process_peak_mb'],
-                         speedup=r_peer['time_s'] / r_ours['time_s'],
-                         memory_ratio=r_peer['peak_mb'] / max(r_ours['peak_mb'], 1e-3)))
+        fmt = dict(shape=tuple(shape), threads=args.threads, repeats=repeats)
+        times = run_child(TIME_CHILD.format(ours=ours, peer=peer, **fmt))
+        mem_ours = run_child(MEMORY_CHILD.format(factory=ours, **fmt))
+        mem_peer = run_child(MEMORY_CHILD.format(factory=peer, **fmt))
+        rows.append(dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=times['ours'],
+                         peer_time_s=times['peer'], ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
+                         ours_process_peak_mb=mem_ours['process_peak_mb'],
+                         peer_process_peak_mb=mem_peer['process_peak_mb'],
+                         speedup=times['peer'] / times['ours'],
+                         memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3)))
     header = f"{'case':<22}{'shape':<22}{'ms ours/peer':>20}{'speedup':>9}{'peak MB ours/peer':>20}{'mem ratio':>10}"
     print(header)
     print('-' * len(header))
