@@ -51,18 +51,20 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def _package_base(base: str) -> dict:
+def _package_base(base: str, parent: str) -> dict:
     from mmengine.config import Config
     package = base.split('::', 1)[0]
     try:
         __import__(package)
     except ImportError:
         extra = {'mmseg': 'seg', 'mmdet': 'det'}.get(package, 'all')
-        raise ConfigError(f"_base_: {base!r} needs the {package} package; pip install attn_plugins[{extra}]") from None
+        raise ConfigError(f"{parent}: _base_ {base!r} needs the {package} package; "
+                          f"pip install attn_plugins[{extra}]") from None
     try:
-        return Config.fromfile(base).to_dict()
-    except FileNotFoundError as err:
-        raise ConfigError(f"_base_: {base!r} not found in the installed {package} package ({err})") from None
+        path, _scope = Config._get_cfg_path(base, parent)   # mmengine's own resolution of pkg::path
+        return Config.fromfile(path).to_dict()
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"{parent}: _base_ {base!r} not found in the installed {package} package ({err})") from None
 
 
 def _load_tree(path: str, chain: tuple[str, ...] = ()) -> dict:
@@ -80,13 +82,17 @@ def _load_tree(path: str, chain: tuple[str, ...] = ()) -> dict:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: _base_ entries must be file paths, got {base!r}")
         if '::' in base:
-            base_dict = _package_base(base)
+            base_dict = _package_base(base, path)
         else:
             base_path = os.path.join(os.path.dirname(path), base)
             if not os.path.exists(base_path):
                 raise ConfigError(f"{path}: _base_ file {base!r} not found (looked at {base_path})")
             base_dict = _load_tree(base_path, chain + (path,))
-        merged = merge(base_dict, merged)
+        duplicate = set(merged) & set(base_dict)
+        if duplicate:   # as mmengine: bases must not define the same top-level key
+            raise ConfigError(f"{path}: _base_ files both define {sorted(duplicate)}; "
+                              "override the key in this file instead")
+        merged.update(base_dict)
     return merge(data, merged)
 
 
@@ -129,6 +135,10 @@ def load_config(path: str, overrides: Sequence[str] | Mapping[str, Any] | None =
     extra = parse_overrides(overrides)
     if extra:
         cfg.merge_from_dict(extra)
+    imports = cfg.get('custom_imports')
+    if imports:
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(**imports)
     return cfg
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .registry import ConfigError, build, get_block
+from .registry import ConfigError, build, get_block, snake_name
 
 SPEC_KEYS = ('type', 'where', 'regex', 'module_type', 'select', 'position', 'channels', 'stack')
 POSITIONS = ('after', 'before', 'replace')
@@ -188,7 +188,7 @@ def _child(module: nn.Module, name: str, path: str, where: str) -> nn.Module:
 
 
 def _attr_name(host: nn.Module, block_type: str, stack: bool, path: str, where: str) -> str:
-    base = 'attn_' + re.sub(r'(?<!^)(?=[A-Z])', '_', block_type).lower()
+    base = 'attn_' + snake_name(block_type)
     if base in host._modules and not stack:
         raise ConfigError(f"{where}: {block_type} is already injected at {path!r}; set 'stack: true' to add another")
     name, i = base, 1

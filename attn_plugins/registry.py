@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from typing import Any, Mapping
 
 import torch.nn as nn
@@ -38,6 +39,12 @@ SCOPE = 'attn_plugins'
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and what was expected."""
+
+
+def snake_name(name: str) -> str:
+    """'CBAM' -> 'cbam', 'NonLocal' -> 'non_local', 'SEBlock' -> 'se_block' (acronyms kept whole)."""
+    name = re.sub(r'([A-Z]+)([A-Z][a-z])', r'\1_\2', name)
+    return re.sub(r'([a-z\d])([A-Z])', r'\1_\2', name).lower()
 
 
 def list_plugins() -> list[str]:

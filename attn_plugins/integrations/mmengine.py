@@ -8,18 +8,12 @@ builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer nam
 """
 from __future__ import annotations
 
-import re
-
 from mmengine.registry import MODELS
 
-from ..registry import BLOCKS, SCOPE, ConfigError
+from ..registry import BLOCKS, SCOPE, ConfigError, snake_name
 
 ATTN_MODELS = MODELS if MODELS.scope == SCOPE else None
 _REGISTERED: dict[str, type] = {}
-
-
-def _snake(name: str) -> str:
-    return re.sub(r'(?<!^)(?=[A-Z])', '_', name).lower()
 
 
 def openmmlab_class(name: str, cls: type) -> type:
@@ -35,7 +29,7 @@ def openmmlab_class(name: str, cls: type) -> type:
                               "passed by the host model; remove `channels` from the plugin cfg")
         cls.__init__(self, channels if channels is not None else in_channels, *args, **kwargs)
 
-    sub = type(name, (cls,), {'__init__': __init__, '_abbr_': _snake(name), '__doc__': cls.__doc__,
+    sub = type(name, (cls,), {'__init__': __init__, '_abbr_': snake_name(name), '__doc__': cls.__doc__,
                               '__module__': cls.__module__, '__qualname__': name})
     _REGISTERED[name] = sub
     return sub

@@ -1,0 +1,31 @@
+"""mmengine Runner set-up shared by tools/train.py and tools/test.py."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .checkpoint import allow_mmengine_checkpoints, convert_checkpoint_file
+from .config import load_config
+
+
+def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
+                 launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None):
+    """An mmengine Runner for `config` (YAML loaded safely), ready to train() or test().
+
+    resume: None, 'auto' (latest checkpoint in the work dir) or a checkpoint path.
+    load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted.
+    """
+    from mmengine.runner import Runner
+    allow_mmengine_checkpoints()
+    cfg = load_config(config, cfg_options)
+    cfg.launcher = launcher
+    name = os.path.splitext(os.path.basename(config))[0]
+    cfg.work_dir = work_dir or cfg.get('work_dir') or os.path.join('work_dirs', name)
+    if resume is not None:
+        cfg.resume = True
+        cfg.load_from = None if resume == 'auto' else resume
+    if load_from is not None:
+        cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
+    if amp:
+        cfg.optim_wrapper = dict(cfg.optim_wrapper, type='AmpOptimWrapper', dtype='bfloat16')
+    return Runner.from_cfg(cfg)

@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint with the config's test dataloader and evaluator (mmengine Runner).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options KEY=VALUE ...]
+        [--out metrics.json] [--launcher pytorch]
+
+CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys are converted on load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attn_plugins.runner import build_runner  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--out', help='write the metrics as JSON here')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+                          launcher=args.launcher, load_from=args.checkpoint)
+    metrics = {k: float(v) for k, v in runner.test().items()}
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
