@@ -37,10 +37,11 @@ def _register_integrations() -> None:
     from .integrations import timm as _timm
     _mm.register_blocks()
     _timm.register_models()
-    import importlib.util
-    if importlib.util.find_spec('mmseg') is not None and importlib.util.find_spec('mmcv') is not None:
+    try:
         from .integrations import mmseg as _mmseg
-        _mmseg.register_heads()
+    except ImportError:   # the `seg` extra (mmsegmentation + mmcv) is not installed
+        return
+    _mmseg.register_heads()
 
 
 _register_integrations()

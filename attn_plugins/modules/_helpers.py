@@ -76,32 +76,35 @@ def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3)
 
 
 def _softmax_chunk(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    return torch.bmm(torch.softmax(scores, dim=-1), value)
+    """value (B, Cv, Nk) @ softmax(scores (B, Nq, Nk))ᵀ -> (B, Cv, Nq)."""
+    return torch.bmm(value, torch.softmax(scores, dim=-1).transpose(1, 2))
 
 
 def _softmax_chunk_inplace(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """No-grad softmax(scores) @ value that reuses the score buffer and normalises the (smaller)
-    output instead of the scores: exp(s - max) @ v / Σ exp(s - max)."""
+    """No-grad `_softmax_chunk` that reuses the score buffer and normalises the (smaller)
+    output instead of the scores: v @ exp(s - max)ᵀ / Σ exp(s - max)."""
     scores.sub_(scores.amax(-1, keepdim=True)).exp_()
-    denom = scores.sum(-1, keepdim=True)
-    return torch.bmm(scores, value).div_(denom)
+    denom = scores.sum(-1).unsqueeze(1)                                  # B, 1, Nq
+    return torch.bmm(value, scores.transpose(1, 2)).div_(denom)
 
 
 def residual_add(x: torch.Tensor, scale: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """x + scale * context; in place on `context` when no gradient is recorded (one temp fewer)."""
-    if torch.is_grad_enabled() or torch.jit.is_tracing():
+    """x + scale * context; in place on `context` when no gradient is recorded (one temp fewer).
+    `context` must have x's memory layout, so the result looks exactly like x downstream."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or context.stride() != x.stride():
         return x + scale * context
     return context.mul_(scale).add_(x)
 
 
 def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """out = softmax(scale * query @ key) @ value without materialising the full score matrix.
+    """out = value @ softmax(scale * query @ key)ᵀ without materialising the full score matrix.
 
-    query (B, Nq, Ck), key (B, Ck, Nk), value (B, Nk, Cv) -> (B, Nq, Cv). The result equals the
-    dense formula: each query row's softmax only needs that row, so queries are processed in
-    chunks of `chunk_elements // Nk` rows, bounding the scores to one chunk at a time. Under
-    autograd each chunk is checkpointed, so the backward pass is memory-bounded as well.
+    query (B, Nq, Ck), key (B, Ck, Nk), value (B, Cv, Nk) -> (B, Cv, Nq): channels first, so
+    the result reshapes to (B, Cv, *spatial) without a copy. The result equals the dense
+    formula: each query row's softmax only needs that row, so queries are processed in chunks
+    of `chunk_elements // Nk` rows, bounding the scores to one chunk at a time. Under autograd
+    each chunk is checkpointed, so the backward pass is memory-bounded as well.
     """
     batch, num_queries, _ = query.shape
     num_keys = key.shape[-1]
@@ -116,11 +119,11 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         from torch.utils.checkpoint import checkpoint
         pieces = [checkpoint(_dense_block, query[:, s:s + chunk], key, value, use_reentrant=False)
                   for s in range(0, num_queries, chunk)]
-        return torch.cat(pieces, dim=1)
-    out = value.new_empty(batch, num_queries, value.shape[-1])
+        return torch.cat(pieces, dim=2)
+    out = value.new_empty(batch, value.shape[1], num_queries)
     for start in range(0, num_queries, chunk):
         stop = min(start + chunk, num_queries)
-        out[:, start:stop] = _softmax_chunk_inplace(torch.bmm(query[:, start:stop], key), value)
+        out[:, :, start:stop] = _softmax_chunk_inplace(torch.bmm(query[:, start:stop], key), value)
     return out
 
 

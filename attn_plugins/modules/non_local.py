@@ -114,32 +114,32 @@ class NonLocal(nn.Module):
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
         query, key = self._pairwise(x)
-        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)         # B, Nk, Ci
-        num_queries, num_keys = query.shape[1], key.shape[-1]
+        value = self.pool(self.g(x)).flatten(2)                          # B, Ci, Nk
         if self.record_attention:
             weights = self._dense_weights(query, key)
             self.attention_map = weights.detach()
-            y = torch.bmm(weights, value)
+            y = torch.bmm(value, weights.transpose(1, 2))
         elif self.mode == 'dot_product':
-            y = torch.bmm(query, torch.bmm(key, value)) / num_keys
+            # yᵀ = (gᵀ φᵀ) θᵀ / N: O(N·C²), the N x N map never exists
+            y = torch.bmm(torch.bmm(value, key.transpose(1, 2)), query.transpose(1, 2)) / key.shape[-1]
         elif self.mode == 'concatenation':
             y = self._concat_context(query, key, value)
         else:
             scale = query.shape[-1] ** -0.5 if self.use_scale and self.mode == 'embedded_gaussian' else 1.0
             y = softmax_attention(query, key, value, scale, self.chunk_elements)
-        return y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
+        return y.view(x.shape[0], self.inter_channels, *x.shape[2:])           # y is (B, Ci, N)
 
     def _concat_context(self, query, key, value):
         num_queries, num_keys = query.shape[1], key.shape[-1]
         if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing():
-            return torch.bmm(self._dense_weights(query, key), value)
+            return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
         weight = self.concat_project.weight.flatten()
         a = query @ weight[:self.inter_channels]
         b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
         chunk = max(1, self.chunk_elements // num_keys)
-        pieces = [torch.bmm(torch.relu(a[:, s:s + chunk, None] + b[:, None, :]), value)
+        pieces = [torch.bmm(value, torch.relu(b[:, :, None] + a[:, None, s:s + chunk]))
                   for s in range(0, num_queries, chunk)]
-        return torch.cat(pieces, dim=1) / num_keys
+        return torch.cat(pieces, dim=2) / num_keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out_norm(self.out_conv(self.context(x)))

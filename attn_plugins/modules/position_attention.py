@@ -44,17 +44,16 @@ class PositionAttention(nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=4)
-        batch, _, height, width = x.shape
         query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
         key = self.key(x).flatten(2)                          # B, Ck, N
-        value = self.value(x).flatten(2).transpose(1, 2)      # B, N, C
+        value = self.value(x).flatten(2)                      # B, C, N
         if self.record_attention:
             attn = torch.softmax(self.scale * torch.bmm(query, key), dim=-1)
             self.attention_map = attn.detach()
-            out = torch.bmm(attn, value)
+            out = torch.bmm(value, attn.transpose(1, 2))
         else:
             out = softmax_attention(query, key, value, self.scale, self.chunk_elements)
-        return out.transpose(1, 2).reshape(batch, -1, height, width)
+        return out.view_as(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return residual_add(x, self.gamma, self.context(x))

@@ -97,15 +97,15 @@ class PyramidAttention(nn.Module):
         if self.training:
             self.pca_loss = self._pca_loss(centred, codes)
         query = codes.transpose(1, 2)
-        value = self.value(target).flatten(2).transpose(1, 2)         # B, N, C
+        value = self.value(target).flatten(2)                          # B, C, N
         scale = self.num_components ** -0.5
         if self.record_attention:
             attn = torch.softmax(scale * torch.bmm(query, codes), dim=-1)
             self.attention_map = attn.detach()
-            out = torch.bmm(attn, value)
+            out = torch.bmm(value, attn.transpose(1, 2))
         else:
             out = softmax_attention(query, codes, value, scale, self.chunk_elements)
-        return residual_add(target, self.gamma, out.transpose(1, 2).reshape_as(target))
+        return residual_add(target, self.gamma, out.view_as(target))
 
     def _pca_loss(self, centred: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         recon = torch.matmul(self.components, codes)                   # B, Cf, N

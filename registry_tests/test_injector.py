@@ -1,0 +1,156 @@
+"""Generic injection into timm, torchvision and OpenMMLab models."""
+import copy
+import io
+import pickle
+
+import pytest
+import timm
+import torch
+import torchvision
+from mmengine.registry import init_default_scope
+
+import attn_plugins
+from attn_plugins import ConfigError, inject
+from attn_plugins.injector import glob_match
+
+
+@pytest.mark.parametrize('pattern,name,expected', [
+    ('layer*.*', 'layer1.0', True), ('layer*.*', 'layer1.0.bn3', False), ('**.bn3', 'layer1.0.bn3', True),
+    ('layer3.[1,3,5]', 'layer3.3', True), ('layer3.[1,3,5]', 'layer3.2', False), ('layer3.[1,3,5]', 'layer3.13', False),
+    ('stages.*.blocks.*', 'stages.2.blocks.10', True), ('layer2.[0-2]', 'layer2.2', True), ('**', 'a.b', True),
+])
+def test_glob(pattern, name, expected):
+    assert glob_match(pattern, name) is expected
+
+
+def base_outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def test_timm_resnet_cbam_in_every_bottleneck_before_add():
+    model = timm.create_model('resnet50')
+    inject(model, [dict(type='CBAM', where='layer*.*', position='after:bn3')])
+    report = model.attn_plugins_report
+    assert len(report) == 16 and report[0].path == 'layer1.0.bn3' and report[0].channels == 256
+    assert report[-1].attr == 'layer4.2.bn3.attn_cbam' and report[-1].channels == 2048
+    # the block runs between bn3 and the residual add
+    seen = []
+    model.layer1[0].bn3.attn_cbam.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model(torch.randn(1, 3, 64, 64))
+    assert seen == [torch.Size([1, 256, 16, 16])]
+
+
+def test_report_channels_probe_and_override():
+    model = timm.create_model('resnet18')
+    inject(model, [dict(type='NonLocal', where='layer3', position='after'),        # probed (a Sequential)
+                   dict(type='SE', regex=r'layer4\.\d', position='after'),           # probed (BasicBlock)
+                   dict(type='CBAM', module_type='BatchNorm2d', where='layer1.*.bn2', channels=64)])
+    paths = {(r.path, r.type, r.channels) for r in model.attn_plugins_report}
+    assert ('layer3', 'NonLocal', 256) in paths and ('layer4.1', 'SE', 512) in paths
+    assert ('layer1.1.bn2', 'CBAM', 64) in paths
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+def test_select_before_and_replace():
+    model = timm.create_model('resnet18')
+    inject(model, [dict(type='SE', where='layer*.*', select=[0, -1], position='after'),
+                   dict(type='SpatialWeights', where='layer2.0.conv1', position='before', channels=64),
+                   dict(type='ChannelAttention', where='layer3.1.act2', position='replace', channels=256)])
+    assert [r.path for r in model.attn_plugins_report][:2] == ['layer1.0', 'layer4.1']
+    assert isinstance(model.layer3[1].act2, attn_plugins.ChannelAttention)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_errors_name_pattern_and_near_paths():
+    model = timm.create_model('resnet18')
+    with pytest.raises(ConfigError, match=r"plugins\[0\]: pattern 'layr1.\*' matches no module of ResNet; near module paths: .*layer1"):
+        inject(model, [dict(type='SE', where='layr1.*')])
+    with pytest.raises(ConfigError, match=r"module 'layer1.0' \(BasicBlock\) has no child 'bn3'.*not supported.*bn2"):
+        inject(model, [dict(type='SE', where='layer1.*', position='after:bn3')])
+    with pytest.raises(ConfigError, match=r"plugins\[0\].reductio: unknown option for SE; did you mean 'reduction'"):
+        inject(model, [dict(type='SE', where='layer1.*', reductio=4)])
+    with pytest.raises(ConfigError, match=r"plugins\[0\].type: unknown block type 'Cbam'.*'CBAM'"):
+        inject(model, [dict(type='Cbam', where='layer1.*')])
+    with pytest.raises(ConfigError, match="position: expected"):
+        inject(model, [dict(type='SE', where='layer1.*', position='inside')])
+
+
+def test_injecting_twice_needs_stack():
+    model = timm.create_model('resnet18')
+    spec = dict(type='SE', where='layer1.*', position='after:bn2')
+    inject(model, [spec])
+    with pytest.raises(ConfigError, match="already injected at 'layer1.0.bn2'; set 'stack: true'"):
+        inject(model, [spec])
+    inject(model, [dict(spec, stack=True)])
+    assert hasattr(model.layer1[0].bn2, 'attn_se_1') and len(model.attn_plugins_report) == 4
+
+
+@pytest.mark.parametrize('name,spec', [
+    ('resnext26ts', dict(where='stages.*.*', position='after:conv3_1x1')),
+    ('regnetx_002', dict(where='s[1-4].b*', position='after:conv3')),
+    ('convnext_atto', dict(where='stages.*.blocks.*', position='after')),
+    ('resnet26d', dict(where='layer*.*', position='after:bn3')),
+])
+def test_timm_families(name, spec):
+    model = timm.create_model(name)
+    inject(model, [dict(type='CBAM', **spec)])
+    assert len(model.attn_plugins_report) > 3
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_torchvision_resnet():
+    model = torchvision.models.resnet50(weights=None)
+    inject(model, [dict(type='SE', where='layer*.*', position='after:bn3'),
+                   dict(type='NonLocal', where='layer3.[1,3,5]', position='after')])
+    assert len(model.attn_plugins_report) == 19
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize('scope,backbone', [('mmdet', 'ResNet'), ('mmseg', 'ResNetV1c')])
+def test_openmmlab_resnets(scope, backbone):
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    model = registry.build(dict(type=backbone, depth=50, base_channels=8, stem_channels=8))
+    inject(model, [dict(type='CBAM', where='layer*.*', position='after:bn3')])
+    assert len(model.attn_plugins_report) == 16
+    assert len(model(torch.randn(1, 3, 64, 64))) == 4
+
+
+def test_features_only_still_returns_features():
+    model = attn_plugins.create_model('resnet50', features_only=True, out_indices=(1, 2, 3, 4),
+                                      plugins=[dict(type='CBAM', where='layer*.*', position='after:bn3')])
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048] and len(model.attn_plugins_report) == 16
+
+
+def test_identity_blocks_leave_pretrained_outputs_bit_identical_and_checkpoint_loads():
+    # zero_init_last=False: timm zero-inits each branch's last BN, which would hide the blocks
+    base = timm.create_model('resnet50', zero_init_last=False)
+    x = torch.randn(2, 3, 64, 64)
+    expected = base_outputs(base, x)
+    buffer = io.BytesIO()
+    torch.save(base.state_dict(), buffer)
+    injected = timm.create_model('resnet50', zero_init_last=False)
+    inject(injected, [dict(type='NonLocal', where='layer3.[1,3,5]', position='after'),
+                      dict(type='DualAttention', where='layer4', position='after'),
+                      dict(type='PositionAttention', where='layer2.*', position='after:bn3')])
+    buffer.seek(0)
+    result = injected.load_state_dict(torch.load(buffer, weights_only=True), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all('.attn_' in k for k in result.missing_keys)
+    assert torch.equal(base_outputs(injected, x), expected)
+
+
+def test_deepcopy_and_pickle_keep_blocks_working():
+    model = timm.create_model('resnet18', zero_init_last=False)
+    inject(model, [dict(type='SE', where='layer1.*', position='after:bn2')])
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.layer1[0].bn2.attn_se.fc2.bias.fill_(-100.0)      # the clone's gate closes
+    x = torch.randn(1, 3, 32, 32)
+    model.eval(), clone.eval()
+    assert not torch.equal(model(x), clone(x)), 'the clone must run its own block, not the original'
+    restored = pickle.loads(pickle.dumps(clone))
+    assert torch.equal(restored(x), clone(x))

@@ -1,0 +1,120 @@
+"""Registries: list_plugins, build, mmengine MODELS (plain and scoped), OpenMMLab ResNet plugins."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.registry import MODELS, init_default_scope
+
+import attn_plugins
+from attn_plugins import ConfigError, build, list_plugins
+from attn_plugins.registry import IN_BLOCK_GATES
+
+
+def test_list_plugins_is_sorted_and_complete():
+    names = list_plugins()
+    assert names == sorted(names)
+    assert {'SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
+            'PyramidAttention', 'NonLocal', 'PayAttention', 'DualAttentionHead', 'NonLocalHead',
+            'PyramidAttentionHead'} == set(names)
+
+
+def test_build_from_dict_and_aliases():
+    block = build(dict(type='CBAM', channels=64, reduction=8))
+    assert isinstance(block, attn_plugins.CBAM) and block.channel_gate.fc1.out_channels == 8
+    assert isinstance(build(dict(type='attn_plugins.SE', in_channels=32)), attn_plugins.SE)
+
+
+@pytest.mark.parametrize('cfg,message', [
+    (dict(type='CBMA', channels=8), r"unknown block type 'CBMA'; did you mean 'CBAM'"),
+    (dict(type='NonLocal', channels=8, mdoe='dot_product'), r"cfg.mdoe: unknown option for NonLocal; did you mean 'mode'"),
+    (dict(type='SE'), r"cfg.channels: missing"),
+    (dict(channels=8), r"cfg.type: missing"),
+    (dict(type='SE', channels='64'), r"cfg.channels: expected a positive int"),
+    (dict(type='NonLocal', channels=8, mode='cosine'), r"mode: expected one of"),
+])
+def test_build_errors_name_the_key(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        build(cfg)
+
+
+def test_registered_in_mmengine_root_and_scope():
+    for name in attn_plugins.BLOCKS:
+        assert MODELS.get(name) is not None and MODELS.get(f'attn_plugins.{name}') is not None
+    block = MODELS.build(dict(type='attn_plugins.NonLocal', in_channels=16, mode='dot_product'))
+    assert isinstance(block, attn_plugins.NonLocal) and block.mode == 'dot_product'
+    with pytest.raises(ConfigError, match='disagrees with in_channels'):
+        MODELS.build(dict(type='CBAM', channels=32, in_channels=64))
+
+
+def test_no_clash_with_openmmlab_names():
+    import mmcv.cnn  # noqa: F401
+    import mmdet.models  # noqa: F401
+    import mmseg.models  # noqa: F401
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+    for name in attn_plugins.BLOCKS:
+        # found through the parent chain, and the child registries do not shadow it with their own
+        assert DET.get(name).__mro__[1] is attn_plugins.BLOCKS[name]
+        assert SEG.get(name).__mro__[1] is attn_plugins.BLOCKS[name]
+    for head in ('DualAttentionHead', 'NonLocalHead', 'PyramidAttentionHead'):
+        assert SEG.get(head) is not None
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+@pytest.mark.parametrize('block', IN_BLOCK_GATES)
+def test_openmmlab_resnet_plugins_with_every_in_block_gate(scope, block):
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    backbone_type = 'ResNet' if scope == 'mmdet' else 'ResNetV1c'
+    cfg = dict(type=backbone_type, depth=50, base_channels=8, stem_channels=8, num_stages=4,
+               out_indices=(0, 1, 2, 3),
+               plugins=[dict(cfg=dict(type=block), stages=(False, True, True, True), position='after_conv3')])
+    model = registry.build(cfg)
+    model.eval()  # mmdet's ResNet.train() returns None, so no chaining
+    bottleneck = model.layer2[0]
+    plugin = getattr(bottleneck, bottleneck.after_conv3_plugin_names[0])
+    assert isinstance(plugin, attn_plugins.BLOCKS[block]) and plugin.channels == 8 * 2 * 4
+    assert not model.layer1[0].after_conv3_plugin_names
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64, 128, 256]
+
+
+def test_mmdet_resnet50_se_and_cbam_add_the_paper_parameters():
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS as DET
+    base = n_params(DET.build(dict(type='ResNet', depth=50)))
+    for block, extra in (('SE', 2_530_992), ('CBAM', 2_530_992 + 16 * (2 * 49 + 2))):
+        plugins = [dict(cfg=dict(type=block), stages=(True, True, True, True), position='after_conv3')]
+        assert n_params(DET.build(dict(type='ResNet', depth=50, plugins=plugins))) - base == extra
+    # with ResNet-50's classifier (2048 * 1000 + 1000) this is the paper's 28.09M
+    assert round((base + 2_530_992 + 2_049_000) / 1e6, 2) == 28.09
+
+
+def test_inject_attention_wrapper_for_backbones_without_plugins():
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS as DET
+    cfg = dict(type='InjectAttention', module=dict(type='ResNet', depth=18, base_channels=8, stem_channels=8),
+               plugins=[dict(type='CBAM', where='layer*.*', position='after:bn2')])
+    model = DET.build(cfg)
+    assert len(model.attn_plugins_report) == 8
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 64, 64))] == [8, 16, 32, 64]
+    scoped = DET.build(dict(cfg, type='attn_plugins.InjectAttention'))
+    assert len(scoped.attn_plugins_report) == 8
+
+
+def test_import_without_openmmlab_extras():
+    code = ("import sys\n"
+            "for m in ('mmcv', 'mmdet', 'mmseg'):\n    sys.modules[m] = None\n"
+            "import attn_plugins\n"
+            "print(len(attn_plugins.list_plugins()), type(attn_plugins.build({'type': 'SE', 'channels': 8})).__name__)\n"
+            "try:\n    attn_plugins.load_config('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml')\n"
+            "except attn_plugins.ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd='.')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith('12 SE')
+    assert 'pip install attn_plugins[seg]' in out.stdout
