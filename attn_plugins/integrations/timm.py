@@ -95,12 +95,12 @@ def register_models() -> None:
         return
     from timm.models import _registry
 
-    def reg(fn):
+    def reg(fn, **cfg):
         fn.__module__ = __name__
-        default_cfgs.setdefault(fn.__name__, dict(
+        default_cfgs.setdefault(fn.__name__, dict(dict(
             url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
             interpolation='bilinear', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-            first_conv='conv1', classifier='fc', license='apache-2.0'))
+            first_conv='conv1', classifier='fc', license='apache-2.0'), **cfg))
         if fn.__name__ not in _registry._model_entrypoints:
             register_model(fn)
         return fn
@@ -148,5 +148,7 @@ def register_models() -> None:
                     kwargs.pop(key, None)
                 return PayAttentionVGG(aggregation=_a, compatibility=_c, **kwargs)
             entry.__name__ = entry.__qualname__ = f'ap_vgg16_att3_{aggregation}_{compat}'
-            entry.__doc__ = f"VGG-16 with Learn-to-Pay-Attention at layers 7/10/13 ({aggregation}, {compat})."
-            reg(entry)
+            entry.__doc__ = (f"VGG-16 with Learn-to-Pay-Attention at layers 7/10/13 ({aggregation}, {compat}); "
+                             "CIFAR-100 defaults (100 classes, 32x32) as in the paper.")
+            reg(entry, num_classes=100, input_size=(3, 32, 32), pool_size=None, first_conv='stages.0.0',
+                classifier='head')
