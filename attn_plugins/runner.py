@@ -26,6 +26,25 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         cfg.load_from = None if resume == 'auto' else resume
     if load_from is not None:
         cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='SafeCheckpointHook')]
     if amp:
         cfg.optim_wrapper = dict(cfg.optim_wrapper, type='AmpOptimWrapper', dtype='bfloat16')
+    if launcher != 'none':
+        _prepare_cpu_distributed(cfg)
     return Runner.from_cfg(cfg)
+
+
+def _prepare_cpu_distributed(cfg) -> None:
+    """Distributed training without CUDA: mmengine's pytorch launcher calls
+    torch.cuda.set_device, so start the gloo process group here (mmengine then skips its own)
+    and wrap the model with a DDP that takes no device ids."""
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')      # rank/world size from torchrun's environment
+    cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get('find_unused_parameters', False))

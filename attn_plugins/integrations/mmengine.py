@@ -57,6 +57,42 @@ def inject_attention(module: dict, plugins: list, example_input=None):
     return inject(built, plugins, example_input=example_input)
 
 
+def _register_hooks() -> None:
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    from ..checkpoint import from_safe, to_safe
+
+    class SafeCheckpointHook(Hook):
+        """Write checkpoints that torch.load(weights_only=True) accepts, and read them back."""
+        priority = 'VERY_LOW'
+
+        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+            for key in ('message_hub', 'meta'):
+                if key in checkpoint:
+                    checkpoint[key] = to_safe(checkpoint[key])
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            if 'message_hub' in checkpoint:
+                checkpoint['message_hub'] = from_safe(checkpoint['message_hub'])
+
+    if HOOKS.module_dict.get('SafeCheckpointHook') is None:
+        HOOKS.register_module(module=SafeCheckpointHook)
+
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
+        always passes, which torch rejects for CPU modules."""
+
+        def __init__(self, module, device_ids=None, **kwargs):
+            super().__init__(module=module, device_ids=None, **kwargs)
+
+    if MODEL_WRAPPERS.module_dict.get('CPUDistributedDataParallel') is None:
+        MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
+
+
 def register_blocks() -> None:
     """Register every block of `attn_plugins.registry.BLOCKS` (idempotent)."""
     child = scoped_registry()
@@ -70,6 +106,7 @@ def register_blocks() -> None:
                 raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
                                   f"{registry.scope} MODELS by {current.__module__}.{current.__name__}")
             registry.register_module(name=name, module=sub)
+    _register_hooks()
     for registry in (MODELS, child):
         if registry.module_dict.get('InjectAttention') is not inject_attention:
             registry.register_module(name='InjectAttention', module=inject_attention)
