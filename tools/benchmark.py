@@ -31,6 +31,11 @@ CASES = {
     'PAM 128x256': ('PositionAttention(c, qk_channels=64)', 'PAM(c, 64)', (1, 512, 128, 256), 1),
     'NonLocal2d 128x256': ('NonLocal(c, norm=False)', 'NonLocal2d(c)', (1, 512, 128, 256), 1),
 }
+# Whole-image inference of a full-size model (suite 'seg'): (ours config, peer decode head type).
+SEG_CASES = {
+    'DANet R50-D8 1024x2048': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead', (1, 3, 1024, 2048)),
+}
+SEG_QUICK = {'DANet R50-D8 1024x2048': (1, 3, 256, 512)}
 QUICK = {'PAM 128x256': (1, 512, 64, 128), 'NonLocal2d 128x256': (1, 512, 64, 128),
          'CAM danet-512x1024': (2, 512, 32, 64)}
 
@@ -79,6 +84,46 @@ print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak /
 """
 
 
+SEG_MODEL = r"""
+import attn_plugins
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+def build_segmentor(config, head_type):
+    cfg = attn_plugins.load_config(config)
+    init_default_scope('mmseg')
+    model_cfg = cfg.model.copy()
+    model_cfg.pretrained = None
+    model_cfg.backbone.norm_cfg = model_cfg.decode_head.norm_cfg = model_cfg.auxiliary_head.norm_cfg = dict(type='BN')
+    if head_type == 'DAHead':
+        model_cfg.decode_head = {{k: v for k, v in model_cfg.decode_head.items() if k not in ('loss_weights', 'chunk_elements')}}
+        model_cfg.decode_head['type'] = 'DAHead'
+    model = MODELS.build(model_cfg)
+    model.eval()
+    return lambda t: model(t, mode='tensor')
+"""
+
+SEG_TIME_CHILD = PRELUDE + SEG_MODEL + r"""
+impls = dict(ours=build_segmentor({config!r}, 'ours'), peer=build_segmentor({config!r}, 'DAHead'))
+times = {{}}
+with torch.no_grad():
+    for name in ('peer', 'ours'):
+        t = time.perf_counter(); impls[name](x); times[name] = time.perf_counter() - t
+print(json.dumps(times))
+"""
+
+SEG_MEMORY_CHILD = PRELUDE + SEG_MODEL + r"""
+block = build_segmentor({config!r}, {head!r})
+def rss_kb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+with torch.no_grad():
+    base = rss_kb()
+    block(x)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)))
+"""
+
+
 def run_child(code: str) -> dict:
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if out.returncode != 0:
@@ -86,9 +131,30 @@ def run_child(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_seg(args) -> list[dict]:
+    rows = []
+    for name, (config, peer_head, shape) in SEG_CASES.items():
+        if args.quick:
+            shape = SEG_QUICK[name]
+        print(f"[bench] {name} {tuple(shape)} (whole-image inference, our head vs mmseg {peer_head}) ...", flush=True)
+        fmt = dict(shape=tuple(shape), threads=args.threads, config=config)
+        times = run_child(SEG_TIME_CHILD.format(**fmt))
+        mem_ours = run_child(SEG_MEMORY_CHILD.format(head='ours', **fmt))
+        mem_peer = run_child(SEG_MEMORY_CHILD.format(head=peer_head, **fmt))
+        rows.append(dict(case=name, shape=list(shape), ours=config, peer=f'mmseg {peer_head}',
+                         ours_time_s=times['ours'], peer_time_s=times['peer'],
+                         ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
+                         ours_process_peak_mb=mem_ours['process_peak_mb'],
+                         peer_process_peak_mb=mem_peer['process_peak_mb'],
+                         speedup=times['peer'] / times['ours'],
+                         memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3)))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', choices=['blocks'], default='blocks')
+    parser.add_argument('--suite', choices=['blocks', 'seg'], default='blocks',
+                        help="blocks: each block vs its peer; seg: whole-image DANet inference vs mmseg")
     parser.add_argument('--quick', action='store_true', help='smaller attention maps (minutes -> seconds)')
     parser.add_argument('--only', nargs='*', help='case names (substring match)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
@@ -96,7 +162,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rows = []
-    for name, (ours, peer, shape, repeats) in CASES.items():
+    if args.suite == 'seg':
+        rows = run_seg(args)
+    for name, (ours, peer, shape, repeats) in (CASES.items() if args.suite == 'blocks' else ()):
         if args.only and not any(o in name for o in args.only):
             continue
         if args.quick:
