@@ -118,3 +118,13 @@ def test_import_without_openmmlab_extras():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith('12 SE')
     assert 'pip install attn_plugins[seg]' in out.stdout
+
+
+def test_mmdet_resnext_takes_plugins_too():
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS as DET
+    model = DET.build(dict(type='ResNeXt', depth=50, groups=4, base_width=4, base_channels=16, stem_channels=16,
+                           plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True),
+                                         position='after_conv3')]))
+    assert isinstance(model.layer1[0].cbam, attn_plugins.CBAM)
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 64, 64))] == [64, 128, 256, 512]

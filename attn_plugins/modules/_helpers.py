@@ -31,38 +31,31 @@ def reduced_channels(channels: int, reduction: float, rd_divisor: int = 1) -> in
 
 
 _GATES: dict[str, Callable[[], nn.Module]] = {
-    'sigmoid': nn.Sigmoid,
-    'hard_sigmoid': nn.Hardsigmoid,
-    'tanh': nn.Tanh,
-    'identity': nn.Identity,
-}
+    'sigmoid': nn.Sigmoid, 'hard_sigmoid': nn.Hardsigmoid, 'tanh': nn.Tanh, 'identity': nn.Identity}
+_ACTS: dict[str, Callable[[], nn.Module]] = {'relu': nn.ReLU, 'gelu': nn.GELU, 'silu': nn.SiLU, 'identity': nn.Identity}
+
+
+def _module_from(value, table: dict, key: str) -> nn.Module:
+    """A module from a name in `table`, a module class or an instance (None -> Identity)."""
+    if value is None:
+        return nn.Identity()
+    if isinstance(value, nn.Module):
+        return value
+    if isinstance(value, type) and issubclass(value, nn.Module):
+        return value()
+    if isinstance(value, str) and value in table:
+        return table[value]()
+    raise ValueError(f"{key}: expected one of {sorted(table)} or an nn.Module, got {value!r}")
 
 
 def create_gate(gate: Union[str, nn.Module, type, None]) -> nn.Module:
     """A gate from a name ('sigmoid', 'hard_sigmoid', 'tanh', 'identity'), a module class or instance."""
-    if gate is None:
-        return nn.Identity()
-    if isinstance(gate, nn.Module):
-        return gate
-    if isinstance(gate, type) and issubclass(gate, nn.Module):
-        return gate()
-    if isinstance(gate, str) and gate in _GATES:
-        return _GATES[gate]()
-    raise ValueError(f"gate: expected one of {sorted(_GATES)} or an nn.Module, got {gate!r}")
+    return _module_from(gate, _GATES, 'gate')
 
 
 def create_act(act: Union[str, nn.Module, type, None]) -> nn.Module:
-    """An activation from a name ('relu', 'gelu', 'silu'), a module class or instance."""
-    acts = {'relu': nn.ReLU, 'gelu': nn.GELU, 'silu': nn.SiLU, 'identity': nn.Identity}
-    if act is None:
-        return nn.Identity()
-    if isinstance(act, nn.Module):
-        return act
-    if isinstance(act, type) and issubclass(act, nn.Module):
-        return act()
-    if isinstance(act, str) and act in acts:
-        return acts[act]()
-    raise ValueError(f"act_layer: expected one of {sorted(acts)} or an nn.Module, got {act!r}")
+    """An activation from a name ('relu', 'gelu', 'silu', 'identity'), a module class or instance."""
+    return _module_from(act, _ACTS, 'act_layer')
 
 
 def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3) -> None:
