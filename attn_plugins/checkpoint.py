@@ -44,7 +44,7 @@ def to_safe(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return type(obj)((k, to_safe(v)) for k, v in obj.items()) if not isinstance(obj, torch.nn.Module) else obj
+        return type(obj)((k, to_safe(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
         return type(obj)(to_safe(v) for v in obj)
     return obj

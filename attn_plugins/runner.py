@@ -9,11 +9,13 @@ from .config import load_config
 
 
 def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
-                 launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None):
+                 launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None,
+                 progress_interval: int | None = None):
     """An mmengine Runner for `config` (YAML loaded safely), ready to train() or test().
 
     resume: None, 'auto' (latest checkpoint in the work dir) or a checkpoint path.
     load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted.
+    progress_interval: print a progress line every this many iterations (ProgressHook).
     """
     from mmengine.runner import Runner
     allow_mmengine_checkpoints()
@@ -28,7 +30,10 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type='SafeCheckpointHook')]
+        hooks.append(dict(type='SafeCheckpointHook'))
+    if progress_interval:
+        hooks.append(dict(type='ProgressHook', interval=progress_interval))
+    cfg.custom_hooks = hooks
     if amp:
         cfg.optim_wrapper = dict(cfg.optim_wrapper, type='AmpOptimWrapper', dtype='bfloat16')
     if launcher != 'none':

@@ -184,3 +184,10 @@ def test_test_tool_converts_an_mmseg_danet_checkpoint(toy_data, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(runner.model(x, mode='tensor')[0], peer(x, mode='tensor')[0], rtol=1e-4, atol=1e-4)
+
+
+def test_progress_hook_prints_iterations(toy_data, tmp_path, capsys):
+    runner = build_runner(DEMO, work_dir=str(tmp_path), cfg_options=options(toy_data, 2), progress_interval=1)
+    runner.train()
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('[train]')]
+    assert len(lines) == 2 and lines[-1].split()[2] == '2/2' and 'eta' in lines[-1]

@@ -85,8 +85,6 @@ def main(argv=None) -> int:
     parser.add_argument('--work-dir', default='work_dirs/demo')
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    import logging
-
     from attn_plugins.runner import build_runner
     from tools.make_toy_cityscapes import main as make_data
 
@@ -94,12 +92,10 @@ def main(argv=None) -> int:
         make_data(['--out', DATA])
     iters = args.iters
     options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}', f'param_scheduler.0.end={iters}',
-               f'default_hooks.checkpoint.interval={iters}', f'default_hooks.logger.interval={max(iters // 15, 1)}',
-               'log_level=WARNING']
+               f'default_hooks.checkpoint.interval={iters}', 'log_level=WARNING']
     print(f"[demo] training {CONFIG} for {iters} iterations on the CPU (work dir {args.work_dir}) ...", flush=True)
     start = time.time()
-    runner = build_runner(CONFIG, work_dir=args.work_dir, cfg_options=options)
-    logging.getLogger('mmengine').setLevel(logging.INFO)   # keep the progress lines (iter, loss, eta)
+    runner = build_runner(CONFIG, work_dir=args.work_dir, cfg_options=options, progress_interval=max(iters // 15, 1))
     runner.train()
     train_s = time.time() - start
     print(f"[demo] trained in {train_s:.0f} s; evaluating the last checkpoint ...", flush=True)

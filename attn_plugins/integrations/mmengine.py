@@ -79,6 +79,35 @@ def _register_hooks() -> None:
     if HOOKS.module_dict.get('SafeCheckpointHook') is None:
         HOOKS.register_module(module=SafeCheckpointHook)
 
+    class ProgressHook(Hook):
+        """One line per `interval` training iterations: progress, loss, elapsed and ETA (on rank 0;
+        printed, so it shows whatever the log level)."""
+        priority = 'LOW'
+
+        def __init__(self, interval: int = 50):
+            self.interval = max(int(interval), 1)
+            self._start = None
+
+        def before_train(self, runner) -> None:
+            import time
+            self._start = time.time()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            import time
+            done, total = runner.iter + 1, runner.max_iters
+            if runner.rank != 0 or (done % self.interval and done != total):
+                return
+            elapsed = time.time() - self._start
+            eta = elapsed / done * (total - done)
+            loss = runner.message_hub.get_scalar('train/loss').current()
+            width = 30
+            bar = '#' * int(width * done / total)
+            print(f"[train] [{bar:<{width}}] {done}/{total} loss {loss:.3f} "
+                  f"elapsed {elapsed:.0f}s eta {eta:.0f}s", flush=True)
+
+    if HOOKS.module_dict.get('ProgressHook') is None:
+        HOOKS.register_module(module=ProgressHook)
+
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS
 
