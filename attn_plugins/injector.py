@@ -3,12 +3,15 @@
 A plugin spec (dict or YAML mapping):
     type:        block name ('CBAM', 'NonLocal', ...), plus any block options
     where:       glob over qualified module names: '*' = one dotted segment, '**' = any number,
-                 '[1,3,5]' = one of these segments, 'layer*' = fnmatch within a segment
+                 '[1,3,5]' = one of these segments, 'layer*' = fnmatch within a segment;
+                 '.' = the model itself (e.g. after a whole backbone)
     regex:       alternatively a regular expression over qualified names (full match)
     module_type: alternatively / additionally a class name ('Bottleneck')
     select:      optional index filter over the matches, in model order: [0, 2, -1]
     position:    'after:<child>' (block runs on that child's output, e.g. 'after:bn3' = inside
                  the residual block, before the add), 'after', 'before' or 'replace'
+    output_index: for targets that return a tuple/list of maps (a backbone's outputs): one block
+                 per listed output, e.g. [0, 1, 2, 3] (position 'after' only)
     channels:    optional; inferred from the target (norm/conv/linear) or by one probing forward
     stack:       allow a second identical spec on the same target
 
@@ -30,7 +33,7 @@ import torch.nn as nn
 
 from .registry import ConfigError, build, get_block, snake_name
 
-SPEC_KEYS = ('type', 'where', 'regex', 'module_type', 'select', 'position', 'channels', 'stack')
+SPEC_KEYS = ('type', 'where', 'regex', 'module_type', 'select', 'position', 'channels', 'stack', 'output_index')
 POSITIONS = ('after', 'before', 'replace')
 
 
@@ -56,6 +59,19 @@ class _ApplyAfter:
 
     def __call__(self, module, args, output):
         return getattr(module, self.attr)(output)
+
+
+class _ApplyToOutputs:
+    """Forward hook for modules returning a tuple/list: output[i] -> module.<attr_i>(output[i])."""
+
+    def __init__(self, attrs: dict[int, str]):
+        self.attrs = dict(attrs)
+
+    def __call__(self, module, args, output):
+        out = list(output)
+        for index, attr in self.attrs.items():
+            out[index] = getattr(module, attr)(out[index])
+        return type(output)(out) if isinstance(output, tuple) and not hasattr(output, '_fields') else out
 
 
 class _ApplyBefore:
@@ -102,6 +118,8 @@ def select_modules(model: nn.Module, spec: Mapping[str, Any], where: str) -> lis
              if n and not any(n == a or n.startswith(a + '.') for a in inserted)]
     if not any(k in spec for k in ('where', 'regex', 'module_type')):
         raise ConfigError(f"{where}: say which modules to use with 'where' (glob), 'regex' or 'module_type'")
+    if spec.get('where') == '.':
+        return [('', model)]
     found = names
     if 'where' in spec:
         found = [(n, m) for n, m in found if glob_match(str(spec['where']), n)]
@@ -141,8 +159,10 @@ def static_channels(module: nn.Module) -> int | None:
     return None
 
 
-def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False) -> dict:
-    """Channels of each module's output (input if `before`) from one forward on a small input."""
+def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False,
+                   output_index: int | None = None) -> dict:
+    """Channels of each module's output (input if `before`; element `output_index` of a
+    tuple/list output) from one forward on a small input."""
     if example_input is None:
         size = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
         chans = size.get('input_size', (3, 64, 64))[0]
@@ -152,7 +172,8 @@ def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input
     for m in modules:
         def hook(mod, args, out=None, _id=id(m)):
             t = args[0] if before else out
-            t = t[0] if isinstance(t, (tuple, list)) else t
+            if isinstance(t, (tuple, list)):
+                t = t[output_index or 0] if len(t) > (output_index or 0) else None
             if isinstance(t, torch.Tensor) and t.dim() >= 2:
                 seen[_id] = t.shape[1]
         handles.append(m.register_forward_pre_hook(hook) if before else m.register_forward_hook(hook))
@@ -208,6 +229,9 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
             raise ConfigError(f"{where}: expected a mapping with 'type' and 'where', got {spec!r}")
         block_cls = get_block(spec.get('type'), f'{where}.type')
         kind, child_name = _parse_position(spec.get('position', 'after'), where)
+        if 'output_index' in spec:
+            report.extend(_inject_outputs(model, spec, where, kind, child_name, example_input, block_cls))
+            continue
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
         targets = select_modules(model, spec, where)
         # resolve the module that will host the block
@@ -237,6 +261,34 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
                                   block_cls.__name__, channels[id(module)], options))
     model.attn_plugins_report = report
     return model
+
+
+def _inject_outputs(model, spec, where, kind, child_name, example_input, block_cls) -> list[Insertion]:
+    """One block per selected element of a module's tuple/list output."""
+    indices = spec['output_index']
+    indices = [indices] if isinstance(indices, int) else indices
+    if kind != 'after' or child_name is not None:
+        raise ConfigError(f"{where}.output_index: only with position 'after' (the module's own outputs)")
+    if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) for i in indices):
+        raise ConfigError(f"{where}.output_index: expected an int or a list of ints, got {indices!r}")
+    options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    out = []
+    for path, module in select_modules(model, spec, where):
+        attrs = {}
+        for index in indices:
+            channels = spec.get('channels') or probe_channels(model, [module], example_input,
+                                                              output_index=index).get(id(module))
+            if channels is None:
+                raise ConfigError(f"{where}.output_index: {path or type(model).__name__!r} has no output {index} "
+                                  "of shape (B, C, ...) in a probing forward")
+            block = build({'type': spec['type'], **options}, where, channels=channels)
+            attr = _attr_name(module, f"{block_cls.__name__}Out{index}", bool(spec.get('stack')), path, where)
+            module.add_module(attr, block)
+            attrs[index] = attr
+            out.append(Insertion(path or '.', f'after[{index}]', block_cls.__name__, channels,
+                                 f'{path}.{attr}' if path else attr, options))
+        module.register_forward_hook(_ApplyToOutputs(attrs))
+    return out
 
 
 def _insert(model, path, module, block, kind, stack, where, type_name, channels, options) -> Insertion:

@@ -154,3 +154,35 @@ def test_deepcopy_and_pickle_keep_blocks_working():
     assert not torch.equal(model(x), clone(x)), 'the clone must run its own block, not the original'
     restored = pickle.loads(pickle.dumps(clone))
     assert torch.equal(restored(x), clone(x))
+
+
+def test_after_a_backbone_per_output_for_swin():
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    cfg = dict(type='InjectAttention',
+               module=dict(type='SwinTransformer', embed_dims=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4)),
+               plugins=[dict(type='CBAM', where='.', position='after', output_index=[0, 1, 2, 3]),
+                        dict(type='NonLocal', where='.', output_index=3)])
+    model = MODELS.build(cfg)
+    assert [(r.type, r.channels, r.position) for r in model.attn_plugins_report] == [
+        ('CBAM', 24, 'after[0]'), ('CBAM', 48, 'after[1]'), ('CBAM', 96, 'after[2]'), ('CBAM', 192, 'after[3]'),
+        ('NonLocal', 192, 'after[3]')]
+    seen = []
+    model.attn_non_local_out3.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [24, 48, 96, 192] and seen == [torch.Size([1, 192, 2, 2])]
+    with pytest.raises(ConfigError, match="output_index: only with position 'after'"):
+        inject(model, [dict(type='SE', where='.', position='before', output_index=0)])
+    with pytest.raises(ConfigError, match='has no output 7'):
+        inject(model, [dict(type='SE', where='.', output_index=7)])
+
+
+def test_timm_backbone_for_openmmlab_configs():
+    init_default_scope('mmseg')
+    from mmseg.registry import MODELS
+    backbone = MODELS.build(dict(type='TimmBackbone', model_name='convnext_atto', out_indices=(1, 2, 3),
+                                 plugins=[dict(type='CBAM', where='stages_*.blocks.*', position='after')]))
+    assert len(backbone.timm_model.attn_plugins_report) == 12 and backbone.out_channels == [80, 160, 320]
+    assert [o.shape[1] for o in backbone(torch.randn(1, 3, 64, 64))] == [80, 160, 320]
+    with pytest.raises(ConfigError, match='would download'):
+        MODELS.build(dict(type='TimmBackbone', model_name='resnet18', pretrained=True))

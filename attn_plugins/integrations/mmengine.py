@@ -136,6 +136,12 @@ def register_blocks() -> None:
                                   f"{registry.scope} MODELS by {current.__module__}.{current.__name__}")
             registry.register_module(name=name, module=sub)
     _register_hooks()
+    from .timm import TimmBackbone
     for registry in (MODELS, child):
-        if registry.module_dict.get('InjectAttention') is not inject_attention:
-            registry.register_module(name='InjectAttention', module=inject_attention)
+        for name, obj in (('InjectAttention', inject_attention), ('TimmBackbone', TimmBackbone)):
+            current = registry.module_dict.get(name)
+            if current is None:
+                registry.register_module(name=name, module=obj)
+            elif current is not obj:
+                raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
+                                  f"{registry.scope} MODELS by {current.__module__}")

@@ -15,6 +15,7 @@ import functools
 from typing import Any, Mapping, Sequence
 
 import timm
+import torch
 from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
@@ -66,6 +67,36 @@ def create_model(name: str, plugins: Sequence[Mapping[str, Any]] | None = None, 
     if plugins:
         inject(model, plugins, example_input=example_input)
     return model
+
+
+class TimmBackbone(torch.nn.Module):
+    """Any timm model as an OpenMMLab backbone (registered in mmengine's MODELS), as mmpretrain's
+    TIMMBackbone, plus attention injection: a `features_only` model returning a tuple of maps.
+
+    Args:
+        model_name: timm model name (ours included, e.g. 'ap_cbam_resnet50').
+        out_indices: feature levels to return.
+        plugins: injector specs (paths as in the features model, see its attn_plugins_report).
+        checkpoint: optional local weights file for the timm model (loaded with weights_only=True).
+        **timm_kwargs: passed to timm.create_model (never `pretrained=True`: no downloads).
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 plugins: Sequence[Mapping[str, Any]] | None = None, checkpoint: str | None = None,
+                 in_channels: int = 3, **timm_kwargs):
+        super().__init__()
+        self.timm_model = create_model(model_name, plugins=plugins, features_only=True,
+                                       out_indices=tuple(out_indices), in_chans=in_channels, **timm_kwargs)
+        if checkpoint:
+            from ..checkpoint import load_state_dict_file
+            missing, unexpected = self.timm_model.load_state_dict(load_state_dict_file(checkpoint), strict=False)
+            if unexpected:
+                raise ConfigError(f"backbone.checkpoint: {len(unexpected)} keys do not belong to {model_name}, "
+                                  f"e.g. {unexpected[:3]}")
+        self.out_channels = self.timm_model.feature_info.channels()
+
+    def forward(self, x):
+        return tuple(self.timm_model(x))
 
 
 # ---------------------------------------------------------------- paper models
