@@ -72,6 +72,21 @@ def test_openmmlab_package_base(tmp_path):
         load_config(write(tmp_path, 'd.yaml', "_base_: mmseg::_base_/models/nope.py\n"))
 
 
+def test_py_configs_and_mmdet_bases(tmp_path):
+    import mmseg
+    py = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', '_base_', 'models', 'danet_r50-d8.py')
+    assert load_config(py, ['model.decode_head.channels=128']).model.decode_head.channels == 128
+    path = write(tmp_path, 'det.yml', "_base_: mmdet::_base_/models/faster-rcnn_r50_fpn.py\n"
+                 "model:\n  backbone:\n    plugins:\n      - {cfg: {type: CBAM}, stages: [false, true, true, true], "
+                 "position: after_conv3}\n")
+    cfg = load_config(path)
+    assert cfg.model.type == 'FasterRCNN' and cfg.model.backbone.plugins[0]['cfg']['type'] == 'CBAM'
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    backbone = MODELS.build(cfg.model.backbone)
+    assert isinstance(backbone.layer2[0].cbam, attn_plugins.CBAM) and not backbone.layer1[0].after_conv3_plugin_names
+
+
 def test_yaml_model_with_plugins(tmp_path):
     path = write(tmp_path, 'm.yaml', """model:
   type: timm/resnet50

@@ -108,7 +108,8 @@ def test_torchvision_resnet():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
-@pytest.mark.parametrize('scope,backbone', [('mmdet', 'ResNet'), ('mmseg', 'ResNetV1c')])
+@pytest.mark.parametrize('scope,backbone', [('mmdet', 'ResNet'), ('mmdet', 'ResNetV1d'),
+                                            ('mmseg', 'ResNet'), ('mmseg', 'ResNetV1c')])
 def test_openmmlab_resnets(scope, backbone):
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
