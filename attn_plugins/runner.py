@@ -41,6 +41,15 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
     return Runner.from_cfg(cfg)
 
 
+def shutdown_distributed() -> None:
+    """Wait for all ranks, then destroy the process group: a gloo group left alive at
+    interpreter exit can abort a rank ('terminate called without an active exception')."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _prepare_cpu_distributed(cfg) -> None:
     """Distributed training without CUDA: mmengine's pytorch launcher calls
     torch.cuda.set_device, so start the gloo process group here (mmengine then skips its own)

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attn_plugins.runner import build_runner  # noqa: E402
+from attn_plugins.runner import build_runner, shutdown_distributed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           launcher=args.launcher, load_from=args.checkpoint)
-    metrics = {k: float(v) for k, v in runner.test().items()}
+    try:
+        metrics = {k: float(v) for k, v in runner.test().items()}
+    finally:
+        shutdown_distributed()
     print(json.dumps(metrics, indent=2))
     if args.out:
         with open(args.out, 'w') as f:

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from attn_plugins.runner import build_runner  # noqa: E402
+from attn_plugins.runner import build_runner, shutdown_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,7 +37,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           launcher=args.launcher, resume=args.resume, amp=args.amp)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        shutdown_distributed()
     return 0
 
 
