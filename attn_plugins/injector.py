@@ -159,23 +159,27 @@ def static_channels(module: nn.Module) -> int | None:
     return None
 
 
-def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False,
-                   output_index: int | None = None) -> dict:
-    """Channels of each module's output (input if `before`; element `output_index` of a
-    tuple/list output) from one forward on a small input."""
+def _channels_of(value):
+    """Channels of a (B, C, ...) tensor, a list of them for a tuple/list output, else None."""
+    if isinstance(value, torch.Tensor):
+        return value.shape[1] if value.dim() >= 2 else None
+    if isinstance(value, (tuple, list)):
+        return [_channels_of(v) for v in value]
+    return None
+
+
+def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False) -> dict:
+    """Channels of each module's output (first input if `before`) from one forward on a small
+    input: an int, or a list of ints for modules that return a tuple/list of maps."""
     if example_input is None:
         size = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
         chans = size.get('input_size', (3, 64, 64))[0]
         example_input = torch.zeros(1, chans, 64, 64)
-    seen: dict[int, int] = {}
+    seen: dict[int, object] = {}
     handles = []
     for m in modules:
         def hook(mod, args, out=None, _id=id(m)):
-            t = args[0] if before else out
-            if isinstance(t, (tuple, list)):
-                t = t[output_index or 0] if len(t) > (output_index or 0) else None
-            if isinstance(t, torch.Tensor) and t.dim() >= 2:
-                seen[_id] = t.shape[1]
+            seen[_id] = _channels_of(args[0] if before else out)
         handles.append(m.register_forward_pre_hook(hook) if before else m.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -234,26 +238,25 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
             continue
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
         targets = select_modules(model, spec, where)
-        # resolve the module that will host the block
-        hosts = []
-        for path, module in targets:
-            if child_name is not None:
-                hosts.append((f'{path}.{child_name}', _child(module, child_name, path, where), module))
-            else:
-                hosts.append((path, module, None))
+        # the module that hosts each block: the target itself, or its child for 'after:<child>'
+        hosts = [(f'{path}.{child_name}', _child(module, child_name, path, where)) if child_name else (path, module)
+                 for path, module in targets]
         channels = {}
         if 'channels' in spec:
-            channels = {id(m): spec['channels'] for _, m, _ in hosts}
+            channels = {id(m): spec['channels'] for _, m in hosts}
         else:
-            for _, m, _ in hosts:
+            for _, m in hosts:
                 c = static_channels(m) if kind != 'before' else None
                 if c is not None:
                     channels[id(m)] = c
-            missing = [m for _, m, _ in hosts if id(m) not in channels]
+            missing = [m for _, m in hosts if id(m) not in channels]
             if missing:
-                channels.update(probe_channels(model, missing, example_input, before=kind == 'before'))
-        for path, module, _ in hosts:
-            if id(module) not in channels:
+                probed = probe_channels(model, missing, example_input, before=kind == 'before')
+                # a module returning several maps gets the block on the first (see output_index)
+                channels.update({k: v[0] if isinstance(v, list) and v else v for k, v in probed.items()
+                                 if v is not None})
+        for path, module in hosts:
+            if not isinstance(channels.get(id(module)), int):
                 raise ConfigError(f"{where}: could not infer channels at {path!r} (it did not run in the probing "
                                   "forward); set 'channels' in the plugin spec")
             block = build({'type': spec['type'], **options}, where, channels=channels[id(module)])
@@ -274,11 +277,12 @@ def _inject_outputs(model, spec, where, kind, child_name, example_input, block_c
     options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
     out = []
     for path, module in select_modules(model, spec, where):
+        probed = [] if 'channels' in spec else probe_channels(model, [module], example_input).get(id(module))
+        probed = probed if isinstance(probed, list) else [probed]
         attrs = {}
         for index in indices:
-            channels = spec.get('channels') or probe_channels(model, [module], example_input,
-                                                              output_index=index).get(id(module))
-            if channels is None:
+            channels = spec.get('channels') or (probed[index] if -len(probed) <= index < len(probed) else None)
+            if not isinstance(channels, int):
                 raise ConfigError(f"{where}.output_index: {path or type(model).__name__!r} has no output {index} "
                                   "of shape (B, C, ...) in a probing forward")
             block = build({'type': spec['type'], **options}, where, channels=channels)
