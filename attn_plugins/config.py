@@ -130,8 +130,7 @@ def load_config(path: str, overrides: Sequence[str] | Mapping[str, Any] | None =
     if path.endswith('.py'):
         cfg = Config.fromfile(path)
     else:
-        cfg = Config(_load_tree(path), filename=None)
-        cfg._filename = os.path.abspath(path)
+        cfg = Config(_load_tree(path), filename=os.path.abspath(path))
     extra = parse_overrides(overrides)
     if extra:
         cfg.merge_from_dict(extra)

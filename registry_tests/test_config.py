@@ -51,6 +51,7 @@ def test_inheritance_delete_and_overrides(tmp_path):
     path = write(tmp_path, 'child.yaml', "_base_: [base.yaml]\nmodel:\n  head: {_delete_: true, c: 3}\n")
     cfg = load_config(path, ['lr=0.5', 'model.head.d=[1,2]'])
     assert cfg.model.type == 'timm/resnet18' and cfg.model.head == dict(c=3, d=[1, 2]) and cfg.lr == 0.5
+    assert cfg.filename == path and set(cfg.keys()) == {'model', 'lr'}
     cfg = load_config(path, {'model.type': 'timm/resnet26'})
     assert cfg.model.type == 'timm/resnet26'
     with pytest.raises(ConfigError, match='expected KEY=VALUE'):
