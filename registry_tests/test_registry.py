@@ -47,6 +47,19 @@ def test_registered_in_mmengine_root_and_scope():
         MODELS.build(dict(type='CBAM', channels=32, in_channels=64))
 
 
+def test_openmmlab_built_blocks_pickle():
+    import pickle
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS as DET
+    model = DET.build(dict(type='ResNet', depth=50, base_channels=8, stem_channels=8,
+                           plugins=[dict(cfg=dict(type='CBAM'), stages=(True, True, True, True),
+                                         position='after_conv3')]))
+    model.eval()
+    clone = pickle.loads(pickle.dumps(model))
+    x = torch.randn(1, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(clone(x), model(x)))
+
+
 def test_no_clash_with_openmmlab_names():
     import mmcv.cnn  # noqa: F401
     import mmdet.models  # noqa: F401

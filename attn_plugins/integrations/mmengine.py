@@ -29,9 +29,10 @@ def openmmlab_class(name: str, cls: type) -> type:
                               "passed by the host model; remove `channels` from the plugin cfg")
         cls.__init__(self, channels if channels is not None else in_channels, *args, **kwargs)
 
+    # lives in this module under its own name, so instances pickle (torch.save(model), spawn)
     sub = type(name, (cls,), {'__init__': __init__, '_abbr_': snake_name(name), '__doc__': cls.__doc__,
-                              '__module__': cls.__module__, '__qualname__': name})
-    _REGISTERED[name] = sub
+                              '__module__': __name__, '__qualname__': name})
+    globals()[name] = _REGISTERED[name] = sub
     return sub
 
 
