@@ -22,7 +22,6 @@ def test_se_resnet50_has_paper_parameter_count():
 
 def test_cbam_resnet50_parameter_count():
     cbam = n_params(timm.create_model('ap_cbam_resnet50'))
-    stages = [(3, 256), (4, 512), (6, 1024), (3, 2048)]
     spatial = 2 * 49 + 2                      # 7x7 conv (2 -> 1, no bias) + BN affine
     assert cbam - n_params(timm.create_model('resnet50')) == 2_530_992 + 16 * spatial
     assert round(cbam / 1e6, 2) == 28.09

@@ -1,7 +1,6 @@
 """Segmentation on generated Cityscapes data: every toy config trains and evaluates with mmseg's
 IoUMetric; a longer run learns; resume continues exactly; DDP on gloo; checkpoint converters."""
 import glob
-import json
 import os
 import subprocess
 import sys

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 # name -> (ours factory, peer factory, input shape, repeats); factories are source snippets run in
 # the child process with `c` = channels.

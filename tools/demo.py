@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.work_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=2)
     pictures = attention_pictures(runner.model, runner.test_dataloader.dataset, args.work_dir)
-    print(f"[demo] val metrics: " + ', '.join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    print("[demo] val metrics: " + ', '.join(f"{k}={v:.2f}" for k, v in metrics.items()))
     print(f"[demo] wrote {os.path.join(args.work_dir, 'metrics.json')}")
     for p in pictures:
         print(f"[demo] wrote {p}")

@@ -17,7 +17,6 @@ import torch
 from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.decode_heads.fcn_head import FCNHead
-from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
