@@ -67,6 +67,8 @@ def test_every_toy_config_trains_and_evaluates(config, toy_data, tmp_path):
     metrics = runner.test()
     assert set(metrics) >= {'aAcc', 'mIoU', 'mAcc'} and 0 <= metrics['mIoU'] <= 100
     assert os.path.exists(tmp_path / 'iter_3.pth')
+    dumped = glob.glob(str(tmp_path / '*.py'))        # the resolved config, reloadable
+    assert len(dumped) == 1 and attn_plugins.load_config(dumped[0]).model.type == 'EncoderDecoder'
 
 
 def constant_class_miou(data_root):
