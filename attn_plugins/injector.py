@@ -168,9 +168,11 @@ def _channels_of(value):
     return None
 
 
-def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False) -> dict:
+def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False,
+                   strict: bool = True) -> dict:
     """Channels of each module's output (first input if `before`) from one forward on a small
-    input: an int, or a list of ints for modules that return a tuple/list of maps."""
+    input: an int, or a list of ints for modules that return a tuple/list of maps. With
+    strict=False a failing forward gives {} (the caller has channels from the config)."""
     if example_input is None:
         size = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
         chans = size.get('input_size', (3, 64, 64))[0]
@@ -187,6 +189,8 @@ def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input
         with torch.no_grad():
             model(example_input)
     except Exception as err:  # noqa: BLE001 - re-raised with context
+        if not strict:
+            return {}
         raise ConfigError(f"could not infer channels by a probing forward ({err}); set 'channels' in the plugin "
                           "spec or pass example_input=") from err
     finally:
@@ -242,19 +246,23 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
         hosts = [(f'{path}.{child_name}', _child(module, child_name, path, where)) if child_name else (path, module)
                  for path, module in targets]
         channels = {}
+        for _, m in hosts:
+            c = static_channels(m) if kind != 'before' else None
+            if c is not None:
+                channels[id(m)] = c
+        missing = [m for _, m in hosts if id(m) not in channels]
+        if missing:
+            probed = probe_channels(model, missing, example_input, before=kind == 'before',
+                                    strict='channels' not in spec)
+            # a module returning several maps gets the block on the first (see output_index)
+            channels.update({k: v[0] if isinstance(v, list) and v else v for k, v in probed.items()
+                             if v is not None})
         if 'channels' in spec:
+            for path, m in hosts:
+                if isinstance(channels.get(id(m)), int) and channels[id(m)] != spec['channels']:
+                    raise ConfigError(f"{where}.channels: {spec['channels']}, but {path!r} "
+                                      f"{'takes' if kind == 'before' else 'gives'} {channels[id(m)]} channels")
             channels = {id(m): spec['channels'] for _, m in hosts}
-        else:
-            for _, m in hosts:
-                c = static_channels(m) if kind != 'before' else None
-                if c is not None:
-                    channels[id(m)] = c
-            missing = [m for _, m in hosts if id(m) not in channels]
-            if missing:
-                probed = probe_channels(model, missing, example_input, before=kind == 'before')
-                # a module returning several maps gets the block on the first (see output_index)
-                channels.update({k: v[0] if isinstance(v, list) and v else v for k, v in probed.items()
-                                 if v is not None})
         for path, module in hosts:
             if not isinstance(channels.get(id(module)), int):
                 raise ConfigError(f"{where}: could not infer channels at {path!r} (it did not run in the probing "

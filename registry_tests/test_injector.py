@@ -73,6 +73,10 @@ def test_errors_name_pattern_and_near_paths():
         inject(model, [dict(type='SE', where='layer1.*', reductio=4)])
     with pytest.raises(ConfigError, match=r"plugins\[0\].type: unknown block type 'Cbam'.*'CBAM'"):
         inject(model, [dict(type='Cbam', where='layer1.*')])
+    with pytest.raises(ConfigError, match=r"plugins\[0\].channels: 128, but 'layer1.0.bn2' gives 64 channels"):
+        inject(model, [dict(type='SE', where='layer1.*', position='after:bn2', channels=128)])
+    with pytest.raises(ConfigError, match=r"plugins\[0\].channels: 32, but 'layer2.1' gives 128 channels"):
+        inject(model, [dict(type='CBAM', where='layer2.1', position='after', channels=32)])
     with pytest.raises(ConfigError, match="position: expected"):
         inject(model, [dict(type='SE', where='layer1.*', position='inside')])
 
