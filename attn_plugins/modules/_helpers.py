@@ -120,6 +120,17 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out
 
 
+def attend(block: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           scale: float = 1.0) -> torch.Tensor:
+    """`softmax_attention` with `block.chunk_elements`; while `block.record_attention` is set,
+    the dense formula instead, keeping the (B, Nq, Nk) map in `block.attention_map`."""
+    if not block.record_attention:
+        return softmax_attention(query, key, value, scale, block.chunk_elements)
+    attn = torch.softmax(scale * torch.bmm(query, key), dim=-1)
+    block.attention_map = attn.detach()
+    return torch.bmm(value, attn.transpose(1, 2))
+
+
 def _dense_block(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return _softmax_chunk(torch.bmm(query, key), value)
 

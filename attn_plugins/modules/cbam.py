@@ -83,8 +83,8 @@ class CBAM(nn.Module):
                              if use_spatial else None)
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('CBAM', x, self.channels, min_dim=4)
         x = x * self.channel_gate(x)

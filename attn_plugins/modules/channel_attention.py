@@ -27,8 +27,8 @@ class ChannelAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(()))
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """X A reshaped to x's shape: the attention output before β and the residual."""
         check_channels('ChannelAttention', x, self.channels, min_dim=3)

@@ -33,7 +33,7 @@ class DualAttention(nn.Module):
         self.channels = channels
         self.pam = PositionAttention(channels, reduction, qk_channels, chunk_elements=chunk_elements)
         self.cam = ChannelAttention(channels)
-
         place(self, device, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pam.gamma * self.pam.context(x) + self.cam.gamma * self.cam.context(x)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _helpers
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
+from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, attend, check_channels
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -71,8 +71,8 @@ class NonLocal(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
         self.reset_parameters(init_std)
-
         place(self, device, dtype)
+
     def reset_parameters(self, init_std: float = 0.01) -> None:
         for name in ('g', 'theta', 'phi'):
             if hasattr(self, name):
@@ -96,46 +96,46 @@ class NonLocal(nn.Module):
             return x.flatten(2).transpose(1, 2), self.pool(x).flatten(2)
         return self.theta(x).flatten(2).transpose(1, 2), self.pool(self.phi(x)).flatten(2)
 
+    def _softmax_scale(self, query: torch.Tensor) -> float:
+        return query.shape[-1] ** -0.5 if self.use_scale and self.mode == 'embedded_gaussian' else 1.0
+
+    def _concat_terms(self, query: torch.Tensor, key: torch.Tensor):
+        """wᵀ[θ_i; φ_j] = a_i + b_j: a (B, N) from the θ half of w, b (B, Nk) from the φ half."""
+        weight = self.concat_project.weight.flatten()
+        a = query @ weight[:self.inter_channels]
+        b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
+        return a, b
+
     def _dense_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        num_keys = key.shape[-1]
+        """f(x_i, x_j) / C(x) of the dot_product and concatenation modes, (B, N, Nk)."""
         if self.mode == 'concatenation':
-            weight = self.concat_project.weight.flatten()
-            a = query @ weight[:self.inter_channels]                      # B, N
-            b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])  # B, Nk
-            return torch.relu(a[:, :, None] + b[:, None, :]) / num_keys
-        energy = torch.bmm(query, key)
-        if self.mode == 'dot_product':
-            return energy / num_keys
-        if self.use_scale and self.mode == 'embedded_gaussian':
-            energy = energy * query.shape[-1] ** -0.5
-        return torch.softmax(energy, dim=-1)
+            a, b = self._concat_terms(query, key)
+            return torch.relu(a[:, :, None] + b[:, None, :]) / key.shape[-1]
+        return torch.bmm(query, key) / key.shape[-1]
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
         query, key = self._pairwise(x)
         value = self.pool(self.g(x)).flatten(2)                          # B, Ci, Nk
-        if self.record_attention:
+        if self.mode in ('gaussian', 'embedded_gaussian'):
+            y = attend(self, query, key, value, self._softmax_scale(query))
+        elif self.record_attention:
             weights = self._dense_weights(query, key)
             self.attention_map = weights.detach()
             y = torch.bmm(value, weights.transpose(1, 2))
         elif self.mode == 'dot_product':
             # yᵀ = (gᵀ φᵀ) θᵀ / N: O(N·C²), the N x N map never exists
             y = torch.bmm(torch.bmm(value, key.transpose(1, 2)), query.transpose(1, 2)) / key.shape[-1]
-        elif self.mode == 'concatenation':
-            y = self._concat_context(query, key, value)
         else:
-            scale = query.shape[-1] ** -0.5 if self.use_scale and self.mode == 'embedded_gaussian' else 1.0
-            y = softmax_attention(query, key, value, scale, self.chunk_elements)
+            y = self._concat_context(query, key, value)
         return y.view(x.shape[0], self.inter_channels, *x.shape[2:])           # y is (B, Ci, N)
 
     def _concat_context(self, query, key, value):
         num_queries, num_keys = query.shape[1], key.shape[-1]
         if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing():
             return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
-        weight = self.concat_project.weight.flatten()
-        a = query @ weight[:self.inter_channels]
-        b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
+        a, b = self._concat_terms(query, key)
         chunk = max(1, self.chunk_elements // num_keys)
         pieces = [torch.bmm(value, torch.relu(b[:, :, None] + a[:, None, s:s + chunk]))
                   for s in range(0, num_queries, chunk)]

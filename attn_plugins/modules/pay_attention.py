@@ -43,8 +43,8 @@ class PayAttention(nn.Module):
         self.u = nn.Conv2d(self.global_channels, 1, 1, bias=False) if compatibility == 'pc' else None
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
         check_channels('PayAttention', local, self.channels, min_dim=4)
         if not torch.jit.is_tracing() and (global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, check_channels, softmax_attention
+from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, attend, check_channels
 
 
 class PositionAttention(nn.Module):
@@ -39,21 +39,15 @@ class PositionAttention(nn.Module):
         self.chunk_elements = chunk_elements
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=4)
         query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
         key = self.key(x).flatten(2)                          # B, Ck, N
         value = self.value(x).flatten(2)                      # B, C, N
-        if self.record_attention:
-            attn = torch.softmax(self.scale * torch.bmm(query, key), dim=-1)
-            self.attention_map = attn.detach()
-            out = torch.bmm(value, attn.transpose(1, 2))
-        else:
-            out = softmax_attention(query, key, value, self.scale, self.chunk_elements)
-        return out.view_as(x)
+        return attend(self, query, key, value, self.scale).view_as(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return residual_add(x, self.gamma, self.context(x))

@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, softmax_attention, resize_to
+from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, attend, resize_to
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -72,8 +72,8 @@ class PyramidAttention(nn.Module):
         self.pca_loss: torch.Tensor | None = None
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def _check(self, feats: list[torch.Tensor]) -> None:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"PyramidAttention: expected {len(self.in_channels)} feature maps "
@@ -98,13 +98,7 @@ class PyramidAttention(nn.Module):
             self.pca_loss = self._pca_loss(centred, codes)
         query = codes.transpose(1, 2)
         value = self.value(target).flatten(2)                          # B, C, N
-        scale = self.num_components ** -0.5
-        if self.record_attention:
-            attn = torch.softmax(scale * torch.bmm(query, codes), dim=-1)
-            self.attention_map = attn.detach()
-            out = torch.bmm(value, attn.transpose(1, 2))
-        else:
-            out = softmax_attention(query, codes, value, scale, self.chunk_elements)
+        out = attend(self, query, codes, value, self.num_components ** -0.5)
         return residual_add(target, self.gamma, out.view_as(target))
 
     def _pca_loss(self, centred: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

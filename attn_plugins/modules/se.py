@@ -37,8 +37,8 @@ class SE(nn.Module):
         self.gate = create_gate(gate)
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-
         place(self, device, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('SE', x, self.channels, min_dim=4)
         scale = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))

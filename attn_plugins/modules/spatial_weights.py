@@ -36,8 +36,8 @@ class SpatialWeights(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
         self.reset_parameters(init_bias)
-
         place(self, device, dtype)
+
     def reset_parameters(self, init_bias: float = 1.0) -> None:
         for conv, std in ((self.conv1, 0.01), (self.conv2, 0.01), (self.conv3, 0.001)):
             nn.init.normal_(conv.weight, std=std)
