@@ -5,14 +5,20 @@ config finds `type='CBAM'` through the registry's parent chain) and in a child r
 scope 'attn_plugins' (so `type='attn_plugins.CBAM'` works from any scope). The registered
 classes are thin subclasses that also accept OpenMMLab's `in_channels=` keyword (the plugin
 builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer names.
+Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
+`SafeCheckpointHook` and `ProgressHook` (HOOKS), and `CPUDistributedDataParallel` (MODEL_WRAPPERS).
 """
 from __future__ import annotations
 
-from mmengine.registry import MODELS
+import time
 
+from mmengine.hooks import Hook
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import HOOKS, MODEL_WRAPPERS, MODELS, Registry
+
+from ..checkpoint import from_safe, to_safe
 from ..registry import BLOCKS, SCOPE, ConfigError, snake_name
 
-ATTN_MODELS = MODELS if MODELS.scope == SCOPE else None
 _REGISTERED: dict[str, type] = {}
 
 
@@ -36,14 +42,9 @@ def openmmlab_class(name: str, cls: type) -> type:
     return sub
 
 
-def scoped_registry():
-    """The child registry with scope 'attn_plugins' (created once)."""
-    global ATTN_MODELS
-    if ATTN_MODELS is None:
-        from mmengine.registry import Registry
-        existing = MODELS.children.get(SCOPE)
-        ATTN_MODELS = existing or Registry('model', parent=MODELS, scope=SCOPE)
-    return ATTN_MODELS
+def scoped_registry() -> Registry:
+    """The child registry with scope 'attn_plugins' (a child Registry attaches itself to its parent)."""
+    return MODELS.children.get(SCOPE) or Registry('model', parent=MODELS, scope=SCOPE)
 
 
 def inject_attention(module: dict, plugins: list, example_input=None):
@@ -58,91 +59,72 @@ def inject_attention(module: dict, plugins: list, example_input=None):
     return inject(built, plugins, example_input=example_input)
 
 
-def _register_hooks() -> None:
-    from mmengine.hooks import Hook
-    from mmengine.registry import HOOKS
+class SafeCheckpointHook(Hook):
+    """Write checkpoints that torch.load(weights_only=True) accepts, and read them back."""
+    priority = 'VERY_LOW'
 
-    from ..checkpoint import from_safe, to_safe
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in ('message_hub', 'meta'):
+            if key in checkpoint:
+                checkpoint[key] = to_safe(checkpoint[key])
 
-    class SafeCheckpointHook(Hook):
-        """Write checkpoints that torch.load(weights_only=True) accepts, and read them back."""
-        priority = 'VERY_LOW'
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if 'message_hub' in checkpoint:
+            checkpoint['message_hub'] = from_safe(checkpoint['message_hub'])
 
-        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-            for key in ('message_hub', 'meta'):
-                if key in checkpoint:
-                    checkpoint[key] = to_safe(checkpoint[key])
 
-        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-            if 'message_hub' in checkpoint:
-                checkpoint['message_hub'] = from_safe(checkpoint['message_hub'])
+class ProgressHook(Hook):
+    """One line per `interval` training iterations: progress, loss, elapsed and ETA (on rank 0;
+    printed, so it shows whatever the log level)."""
+    priority = 'LOW'
 
-    if HOOKS.module_dict.get('SafeCheckpointHook') is None:
-        HOOKS.register_module(module=SafeCheckpointHook)
+    def __init__(self, interval: int = 50):
+        self.interval = max(int(interval), 1)
+        self._start = None
 
-    class ProgressHook(Hook):
-        """One line per `interval` training iterations: progress, loss, elapsed and ETA (on rank 0;
-        printed, so it shows whatever the log level)."""
-        priority = 'LOW'
+    def before_train(self, runner) -> None:
+        self._start = time.time()
 
-        def __init__(self, interval: int = 50):
-            self.interval = max(int(interval), 1)
-            self._start = None
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        done, total = runner.iter + 1, runner.max_iters
+        if runner.rank != 0 or (done % self.interval and done != total):
+            return
+        elapsed = time.time() - self._start
+        eta = elapsed / done * (total - done)
+        loss = runner.message_hub.get_scalar('train/loss').current()
+        width = 30
+        bar = '#' * int(width * done / total)
+        print(f"[train] [{bar:<{width}}] {done}/{total} loss {loss:.3f} "
+              f"elapsed {elapsed:.0f}s eta {eta:.0f}s", flush=True)
 
-        def before_train(self, runner) -> None:
-            import time
-            self._start = time.time()
 
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            import time
-            done, total = runner.iter + 1, runner.max_iters
-            if runner.rank != 0 or (done % self.interval and done != total):
-                return
-            elapsed = time.time() - self._start
-            eta = elapsed / done * (total - done)
-            loss = runner.message_hub.get_scalar('train/loss').current()
-            width = 30
-            bar = '#' * int(width * done / total)
-            print(f"[train] [{bar:<{width}}] {done}/{total} loss {loss:.3f} "
-                  f"elapsed {elapsed:.0f}s eta {eta:.0f}s", flush=True)
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
+    always passes, which torch rejects for CPU modules."""
 
-    if HOOKS.module_dict.get('ProgressHook') is None:
-        HOOKS.register_module(module=ProgressHook)
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module=module, device_ids=None, **kwargs)
 
-    from mmengine.model import MMDistributedDataParallel
-    from mmengine.registry import MODEL_WRAPPERS
 
-    class CPUDistributedDataParallel(MMDistributedDataParallel):
-        """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
-        always passes, which torch rejects for CPU modules."""
-
-        def __init__(self, module, device_ids=None, **kwargs):
-            super().__init__(module=module, device_ids=None, **kwargs)
-
-    if MODEL_WRAPPERS.module_dict.get('CPUDistributedDataParallel') is None:
-        MODEL_WRAPPERS.register_module(module=CPUDistributedDataParallel)
+def _register(registry: Registry, name: str, obj) -> None:
+    """Register `obj` as `name` once; a different object already there is a clash."""
+    current = registry.module_dict.get(name)
+    if current is obj:
+        return
+    if current is not None:
+        raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
+                          f"{registry.scope} {registry.name} registry by {current.__module__}")
+    registry.register_module(name=name, module=obj)
 
 
 def register_blocks() -> None:
-    """Register every block of `attn_plugins.registry.BLOCKS` (idempotent)."""
-    child = scoped_registry()
-    for name, cls in BLOCKS.items():
-        sub = openmmlab_class(name, cls)
-        for registry in (MODELS, child):
-            current = registry.module_dict.get(name)
-            if current is sub:
-                continue
-            if current is not None:
-                raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
-                                  f"{registry.scope} MODELS by {current.__module__}.{current.__name__}")
-            registry.register_module(name=name, module=sub)
-    _register_hooks()
+    """Register the blocks, builders, hooks and wrapper (idempotent)."""
     from .timm import TimmBackbone
-    for registry in (MODELS, child):
-        for name, obj in (('InjectAttention', inject_attention), ('TimmBackbone', TimmBackbone)):
-            current = registry.module_dict.get(name)
-            if current is None:
-                registry.register_module(name=name, module=obj)
-            elif current is not obj:
-                raise ConfigError(f"attn_plugins: the name {name!r} is already registered in mmengine's "
-                                  f"{registry.scope} MODELS by {current.__module__}")
+    models = {name: openmmlab_class(name, cls) for name, cls in BLOCKS.items()}
+    models.update(InjectAttention=inject_attention, TimmBackbone=TimmBackbone)
+    for registry in (MODELS, scoped_registry()):
+        for name, obj in models.items():
+            _register(registry, name, obj)
+    for hook in (SafeCheckpointHook, ProgressHook):
+        _register(HOOKS, hook.__name__, hook)
+    _register(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)
