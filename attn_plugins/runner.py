@@ -35,6 +35,11 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         hooks.append(dict(type='ProgressHook', interval=progress_interval))
     cfg.custom_hooks = hooks
     if amp:
+        import torch
+        if not torch.cuda.is_available():
+            from .registry import ConfigError
+            raise ConfigError("--amp: mmengine's AmpOptimWrapper trains on a GPU only (cuda/npu/mlu/musa); "
+                              "on the CPU train in fp32")
         cfg.optim_wrapper = dict(cfg.optim_wrapper, type='AmpOptimWrapper', dtype='bfloat16')
     if launcher != 'none':
         _prepare_cpu_distributed(cfg)

@@ -192,3 +192,9 @@ def test_progress_hook_prints_iterations(toy_data, tmp_path, capsys):
     runner.train()
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('[train]')]
     assert len(lines) == 2 and lines[-1].split()[2] == '2/2' and 'eta' in lines[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the error is for CPU-only machines')
+def test_amp_on_cpu_is_a_clear_error(toy_data, tmp_path):
+    with pytest.raises(attn_plugins.ConfigError, match="--amp: mmengine's AmpOptimWrapper trains on a GPU only"):
+        build_runner(DEMO, work_dir=str(tmp_path), cfg_options=options(toy_data, 1), amp=True)
