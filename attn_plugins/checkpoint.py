@@ -15,17 +15,17 @@ import os
 import torch
 
 
-def _mmengine_safe_globals() -> list:
+def _numpy_safe_globals() -> list:
     import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    out = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
-    out += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool', 'uint8')]
-    return out
+    out = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+    return out + [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool', 'uint8')]
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list the non-tensor types found in mmengine checkpoints for torch.load(weights_only=True)."""
-    torch.serialization.add_safe_globals(_mmengine_safe_globals())
+    """Allow-list numpy arrays and scalars (found in mmengine checkpoints' meta) for
+    torch.load(weights_only=True). History buffers are not listed: their pickles need `getattr`;
+    SafeCheckpointHook writes them as tensors instead."""
+    torch.serialization.add_safe_globals(_numpy_safe_globals())
 
 
 _BUFFER_KEY = '__attn_plugins_history_buffer__'

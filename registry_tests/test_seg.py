@@ -198,3 +198,9 @@ def test_progress_hook_prints_iterations(toy_data, tmp_path, capsys):
 def test_amp_on_cpu_is_a_clear_error(toy_data, tmp_path):
     with pytest.raises(attn_plugins.ConfigError, match="--amp: mmengine's AmpOptimWrapper trains on a GPU only"):
         build_runner(DEMO, work_dir=str(tmp_path), cfg_options=options(toy_data, 1), amp=True)
+
+
+def test_numpy_meta_loads_with_weights_only(tmp_path):
+    path = str(tmp_path / 'np.pth')
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'a': np.arange(3), 's': np.float64(1.5)}}, path)
+    assert torch.equal(load_state_dict_file(path)['w'], torch.ones(2))
