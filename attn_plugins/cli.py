@@ -20,7 +20,6 @@ def env() -> int:
     rows += [(m, _version(m)) for m in ('torch', 'torchvision', 'timm', 'mmengine', 'mmcv')]
     try:
         from mmcv.ops import nms  # noqa: F401  - a compiled op
-        import torch
         from mmcv.ops import get_compiler_version, get_compiling_cuda_version
         ops = f"yes (compiler {get_compiler_version()}, cuda {get_compiling_cuda_version()})"
     except Exception as err:  # noqa: BLE001

@@ -106,7 +106,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, device_ids=None, **kwargs)
 
 
-def _register(registry: Registry, name: str, obj) -> None:
+def register_once(registry: Registry, name: str, obj) -> None:
     """Register `obj` as `name` once; a different object already there is a clash."""
     current = registry.module_dict.get(name)
     if current is obj:
@@ -124,7 +124,7 @@ def register_blocks() -> None:
     models.update(InjectAttention=inject_attention, TimmBackbone=TimmBackbone)
     for registry in (MODELS, scoped_registry()):
         for name, obj in models.items():
-            _register(registry, name, obj)
+            register_once(registry, name, obj)
     for hook in (SafeCheckpointHook, ProgressHook):
-        _register(HOOKS, hook.__name__, hook)
-    _register(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)
+        register_once(HOOKS, hook.__name__, hook)
+    register_once(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)

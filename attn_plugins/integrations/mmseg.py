@@ -21,6 +21,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
 from ..modules import ChannelAttention, NonLocal, PositionAttention, PyramidAttention
+from ..registry import HEADS
+from .mmengine import register_once
 
 
 class DualAttentionHead(BaseDecodeHead):
@@ -134,7 +136,6 @@ class PyramidAttentionHead(BaseDecodeHead):
 
 
 def register_heads() -> None:
-    """Register the heads in mmseg's MODELS (idempotent)."""
-    for cls in (DualAttentionHead, NonLocalHead, PyramidAttentionHead):
-        if MODELS.module_dict.get(cls.__name__) is not cls:
-            MODELS.register_module(module=cls, force=cls.__name__ in MODELS.module_dict)
+    """Register the heads named in `attn_plugins.registry.HEADS` in mmseg's MODELS (idempotent)."""
+    for name in HEADS:
+        register_once(MODELS, name, globals()[name])
