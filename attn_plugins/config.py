@@ -153,12 +153,8 @@ def build_model(model_cfg: Mapping[str, Any], example_input=None):
         from .integrations.timm import create_model
         cfg.pop('type')
         return create_model(model_type[len('timm/'):], plugins=plugins, example_input=example_input, **cfg)
-    from mmengine.registry import MODELS
+    from .integrations.mmengine import inject_attention
     try:
-        model = MODELS.build(cfg)
+        return inject_attention(cfg, plugins or [], example_input=example_input)
     except KeyError as err:
         raise ConfigError(f"model.type: {err}") from None
-    if plugins:
-        from .injector import inject
-        inject(model, plugins, example_input=example_input)
-    return model
