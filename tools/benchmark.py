@@ -128,6 +128,31 @@ def run_child(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def result_row(name, shape, ours, peer, times: dict, mem_ours: dict, mem_peer: dict) -> dict:
+    """One result: absolute numbers of both sides and the peer/ours ratios."""
+    return dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=times['ours'],
+                peer_time_s=times['peer'], ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
+                ours_process_peak_mb=mem_ours['process_peak_mb'], peer_process_peak_mb=mem_peer['process_peak_mb'],
+                speedup=times['peer'] / times['ours'],
+                memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3))
+
+
+def run_blocks(args) -> list[dict]:
+    rows = []
+    for name, (ours, peer, shape, repeats) in CASES.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
+        if args.quick:
+            shape = QUICK.get(name, shape)
+        print(f"[bench] {name} {tuple(shape)} ...", flush=True)
+        fmt = dict(shape=tuple(shape), threads=args.threads, repeats=repeats)
+        times = run_child(TIME_CHILD.format(ours=ours, peer=peer, **fmt))
+        mem_ours = run_child(MEMORY_CHILD.format(factory=ours, **fmt))
+        mem_peer = run_child(MEMORY_CHILD.format(factory=peer, **fmt))
+        rows.append(result_row(name, shape, ours, peer, times, mem_ours, mem_peer))
+    return rows
+
+
 def run_seg(args) -> list[dict]:
     rows = []
     for name, (config, peer_head, shape) in SEG_CASES.items():
@@ -138,13 +163,7 @@ def run_seg(args) -> list[dict]:
         times = run_child(SEG_TIME_CHILD.format(**fmt))
         mem_ours = run_child(SEG_MEMORY_CHILD.format(head='ours', **fmt))
         mem_peer = run_child(SEG_MEMORY_CHILD.format(head=peer_head, **fmt))
-        rows.append(dict(case=name, shape=list(shape), ours=config, peer=f'mmseg {peer_head}',
-                         ours_time_s=times['ours'], peer_time_s=times['peer'],
-                         ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
-                         ours_process_peak_mb=mem_ours['process_peak_mb'],
-                         peer_process_peak_mb=mem_peer['process_peak_mb'],
-                         speedup=times['peer'] / times['ours'],
-                         memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3)))
+        rows.append(result_row(name, shape, config, f'mmseg {peer_head}', times, mem_ours, mem_peer))
     return rows
 
 
@@ -158,25 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument('--out', default='work_dirs/benchmark')
     args = parser.parse_args(argv)
 
-    rows = []
-    if args.suite == 'seg':
-        rows = run_seg(args)
-    for name, (ours, peer, shape, repeats) in (CASES.items() if args.suite == 'blocks' else ()):
-        if args.only and not any(o in name for o in args.only):
-            continue
-        if args.quick:
-            shape = QUICK.get(name, shape)
-        print(f"[bench] {name} {tuple(shape)} ...", flush=True)
-        fmt = dict(shape=tuple(shape), threads=args.threads, repeats=repeats)
-        times = run_child(TIME_CHILD.format(ours=ours, peer=peer, **fmt))
-        mem_ours = run_child(MEMORY_CHILD.format(factory=ours, **fmt))
-        mem_peer = run_child(MEMORY_CHILD.format(factory=peer, **fmt))
-        rows.append(dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=times['ours'],
-                         peer_time_s=times['peer'], ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
-                         ours_process_peak_mb=mem_ours['process_peak_mb'],
-                         peer_process_peak_mb=mem_peer['process_peak_mb'],
-                         speedup=times['peer'] / times['ours'],
-                         memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3)))
+    rows = run_seg(args) if args.suite == 'seg' else run_blocks(args)
     header = f"{'case':<22}{'shape':<22}{'ms ours/peer':>20}{'speedup':>9}{'peak MB ours/peer':>20}{'mem ratio':>10}"
     print(header)
     print('-' * len(header))
