@@ -10,16 +10,17 @@ from .config import load_config
 
 def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
                  launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None,
-                 progress_interval: int | None = None):
+                 progress_interval: int | None = None, trust_config: bool = False):
     """An mmengine Runner for `config` (YAML loaded safely), ready to train() or test().
 
     resume: None, 'auto' (latest checkpoint in the work dir) or a checkpoint path.
     load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted.
     progress_interval: print a progress line every this many iterations (ProgressHook).
+    trust_config: lift load_config's YAML limits (.py bases, custom_imports, ...): the config may run code.
     """
     from mmengine.runner import Runner
     allow_mmengine_checkpoints()
-    cfg = load_config(config, cfg_options)
+    cfg = load_config(config, cfg_options, trust=trust_config)
     cfg.launcher = launcher
     name = os.path.splitext(os.path.basename(config))[0]
     cfg.work_dir = work_dir or cfg.get('work_dir') or os.path.join('work_dirs', name)

@@ -25,11 +25,15 @@ def main(argv=None) -> int:
     parser.add_argument('--work-dir')
     parser.add_argument('--out', help='write the metrics as JSON here')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
+    parser.add_argument('--trust-config', action='store_true',
+                        help='lift the safe YAML limits (.py or absolute _base_, any custom_imports and '
+                             'registry names): only for a config you trust to run code')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-                          launcher=args.launcher, load_from=args.checkpoint)
+                          launcher=args.launcher, load_from=args.checkpoint,
+                          trust_config=args.trust_config)
     try:
         metrics = {k: float(v) for k, v in runner.test().items()}
     finally:

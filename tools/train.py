@@ -26,6 +26,9 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true', help="mixed precision, bf16 (mmengine's AmpOptimWrapper: GPU only)")
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config keys, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--trust-config', action='store_true',
+                        help='lift the safe YAML limits (.py or absolute _base_, any custom_imports and '
+                             'registry names): only for a config you trust to run code')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -36,7 +39,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
-                          launcher=args.launcher, resume=args.resume, amp=args.amp)
+                          launcher=args.launcher, resume=args.resume, amp=args.amp,
+                          trust_config=args.trust_config)
     try:
         runner.train()
     finally:
