@@ -10,10 +10,22 @@ A plugin spec (dict or YAML mapping):
     select:      optional index filter over the matches, in model order: [0, 2, -1]
     position:    'after:<child>' (block runs on that child's output, e.g. 'after:bn3' = inside
                  the residual block, before the add), 'after', 'before' or 'replace'
-    output_index: for targets that return a tuple/list of maps (a backbone's outputs): one block
-                 per listed output, e.g. [0, 1, 2, 3] (position 'after' only)
-    channels:    optional; inferred from the target (norm/conv/linear) or by one probing forward
+    output_index: for targets that return a tuple/list/namedtuple/dict of maps (a backbone's
+                 outputs): one block per listed output, e.g. [0, 1, 2, 3], or dict keys ['res4']
+                 (position 'after' only); the output keeps its type
+    channels:    optional; inferred from the target (norm/conv) or by one probing forward
     stack:       allow a second identical spec on the same target
+
+Checked when injecting, with one probing forward on a zero image of the model's expected input
+size (timm's `pretrained_cfg['input_size']`, else 3x64x64; sides first capped at 64 unless the
+size is fixed, the full size if that fails; pass `example_input=` otherwise) on its
+parameters' device and dtype: a target must run once per forward (a shared module, e.g. one
+ReLU used twice, is refused), give (B, C, ...) maps (Linear layers and (B, C) vectors are
+refused; a tuple/dict output needs `output_index`), and for 'replace' keep its input's shape.
+Only one-map-in, one-map-out blocks (registry.IN_BLOCK_GATES) can be inserted. 'replace' on
+the model itself (where: '.') is refused: inject works in place, so build the block instead.
+When the model cannot run on that input (and channels are known without it) the run-once and
+shape checks are skipped.
 
 Base-model parameter names do not change: a block becomes a child of the module whose output it
 takes (run from a forward hook that looks it up by attribute name, so deepcopy and pickling
@@ -22,19 +34,24 @@ only the plugin keys missing. Every insertion is listed in `model.attn_plugins_r
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
+import inspect
+import itertools
+import linecache
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .registry import ConfigError, build, get_block, snake_name
+from .registry import IN_BLOCK_GATES, ConfigError, block_options, build, did_you_mean, get_block, snake_name
 
 SPEC_KEYS = ('type', 'where', 'regex', 'module_type', 'select', 'position', 'channels', 'stack', 'output_index')
 POSITIONS = ('after', 'before', 'replace')
+DEFAULT_PROBE_SIZE = (3, 64, 64)   # (C, H, W) of the probing input when the model declares none
 
 
 @dataclass
@@ -51,14 +68,41 @@ class Insertion:
         return f"{self.attr}: {self.type}({self.channels}) {self.position} {self.path}"
 
 
-class _ApplyAfter:
-    """Forward hook: output -> module.<attr>(output). Holds the name, not the block."""
+# The hooks that run a block inserted 'after' or 'before' a module: module-level functions named
+# after the block's attribute (`_after__attn_cbam`: output -> module.attn_cbam(output)), made from
+# source once per name. They hold the name, not the block. TorchScript compiles hooks from their
+# source, so torch.jit.script works on models whose hosts take and return one tensor; pickle finds
+# them by name (the module __getattr__ below makes them again in a new process).
+_HOOK_SOURCE = {
+    'after': ("def {name}(module, args: Tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:\n"
+              "    return module.{attr}(output)\n"),
+    'before': ("def {name}(module, args: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:\n"
+               "    return (module.{attr}(args[0]),) + args[1:]\n"),
+}
 
-    def __init__(self, attr: str):
-        self.attr = attr
 
-    def __call__(self, module, args, output):
-        return getattr(module, self.attr)(output)
+def _block_hook(kind: str, attr: str):
+    """The forward hook ('after') or pre-hook ('before') that runs `module.<attr>`."""
+    name = f'_{kind}__{attr}'
+    if name not in globals():
+        if not attr.isidentifier():
+            raise ConfigError(f"attn_plugins: block attribute {attr!r} is not an identifier")
+        source = _HOOK_SOURCE[kind].format(name=name, attr=attr)
+        filename = f'<attn_plugins.injector {name}>'
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)   # for inspect
+        namespace = {'torch': torch, 'Tuple': Tuple}
+        exec(compile(source, filename, 'exec', dont_inherit=True), namespace)  # noqa: S102 - our template
+        hook = namespace[name]
+        hook.__module__ = __name__
+        globals()[name] = hook
+    return globals()[name]
+
+
+def __getattr__(name: str):
+    kind, sep, attr = name[1:].partition('__')
+    if name.startswith('_') and sep and kind in _HOOK_SOURCE:
+        return _block_hook(kind, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _ApplyToOutputs:
@@ -68,20 +112,17 @@ class _ApplyToOutputs:
         self.attrs = dict(attrs)
 
     def __call__(self, module, args, output):
+        if isinstance(output, Mapping):
+            out = copy.copy(output)              # a dict of the same type, keys in order
+            for key, attr in self.attrs.items():
+                out[key] = getattr(module, attr)(output[key])
+            return out
         out = list(output)
         for index, attr in self.attrs.items():
             out[index] = getattr(module, attr)(out[index])
-        return type(output)(out) if isinstance(output, tuple) and not hasattr(output, '_fields') else out
-
-
-class _ApplyBefore:
-    """Forward pre-hook: first input -> module.<attr>(input)."""
-
-    def __init__(self, attr: str):
-        self.attr = attr
-
-    def __call__(self, module, args):
-        return (getattr(module, self.attr)(args[0]), *args[1:])
+        if hasattr(output, '_fields'):           # namedtuple
+            return type(output)(*out)
+        return type(output)(out) if isinstance(output, tuple) else out
 
 
 # ---------------------------------------------------------------- selection
@@ -136,8 +177,8 @@ def select_modules(model: nn.Module, spec: Mapping[str, Any], where: str) -> lis
                           f"near module paths: {', '.join(near)}")
     if 'select' in spec:
         sel = spec['select']
-        if not isinstance(sel, Sequence) or isinstance(sel, str) or not all(isinstance(i, int) for i in sel):
-            raise ConfigError(f"{where}.select: expected a list of match indices, got {sel!r}")
+        if not isinstance(sel, Sequence) or isinstance(sel, str) or not all(_is_int(i) for i in sel):
+            raise ConfigError(f"{where}.select: expected a list of match indices (ints, not booleans), got {sel!r}")
         try:
             found = [found[i] for i in sel]
         except IndexError:
@@ -145,59 +186,146 @@ def select_modules(model: nn.Module, spec: Mapping[str, Any], where: str) -> lis
     return found
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------- channels
 def static_channels(module: nn.Module) -> int | None:
-    """Output channels of common layers without running them."""
+    """Output channels of common map layers (norm, conv) without running them."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) or isinstance(module, nn.modules.instancenorm._InstanceNorm):
         return module.num_features
     if isinstance(module, nn.GroupNorm):
         return module.num_channels
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features
     return None
 
 
-def _channels_of(value):
-    """Channels of a (B, C, ...) tensor, a list of them for a tuple/list output, else None."""
+def _floating_reference(*modules: nn.Module) -> torch.Tensor | None:
+    """The first floating-point parameter or buffer of the first module that has one."""
+    for module in modules:
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            if tensor.is_floating_point():
+                return tensor
+    return None
+
+
+def _expected_input(model: nn.Module) -> tuple[tuple[int, ...], bool]:
+    """(C, H, W) the model expects (timm's `pretrained_cfg` / `default_cfg`), and whether it is fixed."""
+    cfg = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
+    get = cfg.get if isinstance(cfg, Mapping) else lambda key: getattr(cfg, key, None)
+    return tuple(get('input_size') or DEFAULT_PROBE_SIZE), bool(get('fixed_input_size'))
+
+
+def default_example_input(model: nn.Module, max_side: int | None = None) -> torch.Tensor:
+    """A zero image for the probing forward: the model's expected input size (timm's
+    `pretrained_cfg` / `default_cfg` 'input_size', else DEFAULT_PROBE_SIZE; sides capped at
+    `max_side` unless the size is fixed), on the device and in the floating dtype of the model's
+    parameters."""
+    size, fixed = _expected_input(model)
+    if max_side and not fixed:
+        size = (size[0], *(min(side, max_side) for side in size[1:]))
+    ref = _floating_reference(model)
+    return torch.zeros(1, *size, dtype=ref.dtype if ref is not None else None,
+                       device=ref.device if ref is not None else None)
+
+
+def _shape_of(value):
+    """Shape of a tensor; a list of them for a tuple/list, a dict for a dict; else None."""
     if isinstance(value, torch.Tensor):
-        return value.shape[1] if value.dim() >= 2 else None
+        return tuple(value.shape)
     if isinstance(value, (tuple, list)):
-        return [_channels_of(v) for v in value]
+        return [_shape_of(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _shape_of(v) for k, v in value.items()}
     return None
+
+
+def _channels_of(shape):
+    """Channels (dim 1) of a probed shape; a list/dict of them for several outputs; else None."""
+    if isinstance(shape, tuple):
+        return shape[1] if len(shape) >= 2 else None
+    if isinstance(shape, list):
+        return [_channels_of(s) for s in shape]
+    if isinstance(shape, dict):
+        return {k: _channels_of(s) for k, s in shape.items()}
+    return None
+
+
+@dataclass
+class _Probed:
+    """What one module did in the probing forward."""
+    calls: int = 0
+    input: Any = None      # shape(s) of its first input, first call
+    output: Any = None     # shape(s) of its output, first call
+
+
+def probe(model: nn.Module, modules: Iterable[nn.Module], example_input=None, strict: bool = True):
+    """Run one forward (eval, no grad) on `example_input` and return {id(module): _Probed} for
+    `modules`. Without `example_input`: the model's expected input (`default_example_input`),
+    first with its sides capped at DEFAULT_PROBE_SIZE (shapes' channels do not depend on the
+    size; cheaper), then, if that forward fails, at the full size. A failing forward raises a
+    ConfigError, or with strict=False returns None (the caller knows the channels without it)."""
+    if example_input is not None:
+        inputs = [example_input]
+    else:
+        small, full = default_example_input(model, max(DEFAULT_PROBE_SIZE[1:])), default_example_input(model)
+        inputs = [small] if small.shape == full.shape else [small, full]
+    seen: dict[int, _Probed] = {}
+    handles = []
+    for m in modules:
+        if id(m) in seen:
+            continue
+        record = seen[id(m)] = _Probed()
+
+        def hook(mod, args, out, _record=record):
+            _record.calls += 1
+            if _record.calls == 1:
+                _record.input = _shape_of(args[0]) if args else None
+                _record.output = _shape_of(out)
+        handles.append(m.register_forward_hook(hook))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for attempt, example in enumerate(inputs):
+            for record in seen.values():
+                record.calls, record.input, record.output = 0, None, None
+            try:
+                with torch.no_grad():
+                    model(example)
+                break
+            except Exception as err:  # noqa: BLE001 - retried, or re-raised with context
+                if attempt + 1 < len(inputs):
+                    continue
+                if not strict:
+                    return None
+                raise ConfigError(f"could not infer channels by a probing forward on a {_describe(example)} "
+                                  f"({type(err).__name__}: {err}); set 'channels' in the plugin spec or pass "
+                                  "example_input=") from err
+    finally:
+        for m, training in modes:
+            m.training = training
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {str(value.dtype).replace('torch.', '')} input on {value.device}"
+    return f"{type(value).__name__} input"
 
 
 def probe_channels(model: nn.Module, modules: Iterable[nn.Module], example_input=None, before: bool = False,
                    strict: bool = True) -> dict:
-    """Channels of each module's output (first input if `before`) from one forward on a small
-    input: an int, or a list of ints for modules that return a tuple/list of maps. With
-    strict=False a failing forward gives {} (the caller has channels from the config)."""
-    if example_input is None:
-        size = getattr(model, 'pretrained_cfg', None) or getattr(model, 'default_cfg', None) or {}
-        chans = size.get('input_size', (3, 64, 64))[0]
-        example_input = torch.zeros(1, chans, 64, 64)
-    seen: dict[int, object] = {}
-    handles = []
-    for m in modules:
-        def hook(mod, args, out=None, _id=id(m)):
-            seen[_id] = _channels_of(args[0] if before else out)
-        handles.append(m.register_forward_pre_hook(hook) if before else m.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    except Exception as err:  # noqa: BLE001 - re-raised with context
-        if not strict:
-            return {}
-        raise ConfigError(f"could not infer channels by a probing forward ({err}); set 'channels' in the plugin "
-                          "spec or pass example_input=") from err
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return seen
+    """Channels of each module's output (first input if `before`) from one probing forward: an
+    int, or a list/dict of ints for modules returning several maps. With strict=False a failing
+    forward gives {}."""
+    seen = probe(model, modules, example_input, strict)
+    if seen is None:
+        return {}
+    return {k: _channels_of(p.input if before else p.output) for k, p in seen.items() if p.calls}
 
 
 # ---------------------------------------------------------------- injection
@@ -226,6 +354,72 @@ def _attr_name(host: nn.Module, block_type: str, stack: bool, path: str, where: 
     return name
 
 
+def _join(path: str, name: str) -> str:
+    return f'{path}.{name}' if path else name
+
+
+def _check_spec(spec: Mapping[str, Any], block_cls: type[nn.Module], where: str) -> None:
+    """Unknown keys get a did-you-mean over spec keys and block options; only one-map-in,
+    one-map-out blocks can be inserted into a forward."""
+    options = block_options(block_cls)
+    for key in spec:
+        if key not in SPEC_KEYS and key not in options:
+            raise ConfigError(f"{where}.{key}: unknown option for {block_cls.__name__}"
+                              f"{did_you_mean(key, [*SPEC_KEYS, *options])} Spec keys: {', '.join(SPEC_KEYS)}; "
+                              f"{block_cls.__name__} options: {', '.join(options) or 'none'}")
+    if block_cls.__name__ not in IN_BLOCK_GATES:
+        inputs = [n for n, p in inspect.signature(block_cls.forward).parameters.items()
+                  if n != 'self' and p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        raise ConfigError(f"{where}.type: {block_cls.__name__} cannot be inserted into a model's forward: its forward "
+                          f"takes {len(inputs)} inputs ({', '.join(inputs)}), not one feature map returned in the "
+                          f"same shape; call it from your own forward (e.g. attn_plugins.PayAttentionVGG). "
+                          f"Blocks inject can insert: {', '.join(IN_BLOCK_GATES)}")
+
+
+def _check_target(path: str, module: nn.Module, kind: str, type_name: str, where: str) -> None:
+    """Refusals decided by the module alone (before any forward)."""
+    shown = path or '.'
+    if kind == 'replace' and not path:
+        raise ConfigError(f"{where}: position 'replace' with where: '.' would replace the model itself, which inject "
+                          "(working in place) cannot do; build the block directly, or use 'after'/'before'")
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        raise ConfigError(f"{where}: {shown!r} is a {type(module).__name__}, which has no forward; "
+                          "select its elements instead (e.g. add '.*' to the pattern)")
+    if isinstance(module, nn.Linear):
+        raise ConfigError(f"{where}: {shown!r} is a Linear layer: it works on (B, C) vectors or channels-last "
+                          f"tokens, not the (B, C, H, W) maps {type_name} needs; target a conv, norm or block "
+                          "that gives feature maps")
+
+
+def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: str) -> None:
+    """Refusals decided by what the module did in the probing forward."""
+    shown = path or '.'
+    if probed.calls > 1:
+        raise ConfigError(f"{where}: {shown!r} runs {probed.calls} times in one forward (one module used in several "
+                          f"places, e.g. a shared ReLU), so a {type_name} {kind} it would run {probed.calls} times; "
+                          "target a module that runs once (e.g. the enclosing block, or a neighbouring conv/norm)")
+    if not probed.calls:
+        return
+    value = probed.input if kind == 'before' else probed.output
+    if isinstance(value, (list, dict)):
+        described = f"a dict with keys {list(value)}" if isinstance(value, dict) else f"{len(value)} outputs"
+        raise ConfigError(f"{where}: {shown!r} returns {described}; choose the maps to attend with "
+                          "'output_index' (position 'after')")
+    if isinstance(value, tuple) and len(value) < 3:
+        raise ConfigError(f"{where}: {type_name} needs (B, C, ...) feature maps, but {shown!r} "
+                          f"{'takes' if kind == 'before' else 'gives'} a {value} tensor")
+    if kind == 'replace' and isinstance(probed.input, tuple) and probed.input != probed.output:
+        raise ConfigError(f"{where}: position 'replace' needs a module whose output has its input's shape "
+                          f"(the block takes its input and must give what follows the same shape); {shown!r} "
+                          f"maps {probed.input} to {probed.output}")
+
+
+def _place_like(block: nn.Module, *hosts: nn.Module) -> nn.Module:
+    """Move a new block to the device and floating dtype of the module it joins."""
+    ref = _floating_reference(*hosts)
+    return block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block
+
+
 def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str, Any], example_input=None) -> nn.Module:
     """Insert blocks into `model` (in place) and return it; see the module docstring for specs."""
     if isinstance(plugins, Mapping):
@@ -236,93 +430,125 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}: expected a mapping with 'type' and 'where', got {spec!r}")
         block_cls = get_block(spec.get('type'), f'{where}.type')
+        _check_spec(spec, block_cls, where)
         kind, child_name = _parse_position(spec.get('position', 'after'), where)
         if 'output_index' in spec:
             report.extend(_inject_outputs(model, spec, where, kind, child_name, example_input, block_cls))
+            model.attn_plugins_report = report
             continue
+        type_name = block_cls.__name__
         options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
         targets = select_modules(model, spec, where)
         # the module that hosts each block: the target itself, or its child for 'after:<child>'
-        hosts = [(f'{path}.{child_name}', _child(module, child_name, path, where)) if child_name else (path, module)
-                 for path, module in targets]
+        hosts = [(_join(path, child_name), _child(module, child_name, path or '.', where)) if child_name
+                 else (path, module) for path, module in targets]
+        for path, m in hosts:
+            _check_target(path, m, kind, type_name, where)
         channels = {}
         for _, m in hosts:
             c = static_channels(m) if kind != 'before' else None
             if c is not None:
                 channels[id(m)] = c
-        missing = [m for _, m in hosts if id(m) not in channels]
-        if missing:
-            probed = probe_channels(model, missing, example_input, before=kind == 'before',
-                                    strict='channels' not in spec)
-            # a module returning several maps gets the block on the first (see output_index)
-            channels.update({k: v[0] if isinstance(v, list) and v else v for k, v in probed.items()
-                             if v is not None})
+        needs_probe = 'channels' not in spec and any(id(m) not in channels for _, m in hosts)
+        seen = probe(model, [m for _, m in hosts], example_input, strict=needs_probe) or {}
+        for path, m in hosts:
+            if id(m) in seen:
+                _check_probed(path, seen[id(m)], kind, type_name, where)
+                probed = _channels_of(seen[id(m)].input if kind == 'before' else seen[id(m)].output)
+                if id(m) not in channels and isinstance(probed, int):
+                    channels[id(m)] = probed
         if 'channels' in spec:
             for path, m in hosts:
                 if isinstance(channels.get(id(m)), int) and channels[id(m)] != spec['channels']:
-                    raise ConfigError(f"{where}.channels: {spec['channels']}, but {path!r} "
+                    raise ConfigError(f"{where}.channels: {spec['channels']}, but {path or '.'!r} "
                                       f"{'takes' if kind == 'before' else 'gives'} {channels[id(m)]} channels")
             channels = {id(m): spec['channels'] for _, m in hosts}
         for path, module in hosts:
             if not isinstance(channels.get(id(module)), int):
-                raise ConfigError(f"{where}: could not infer channels at {path!r} (it did not run in the probing "
-                                  "forward); set 'channels' in the plugin spec")
+                raise ConfigError(f"{where}: could not infer channels at {path or '.'!r} (it did not run in the "
+                                  "probing forward); set 'channels' in the plugin spec")
             block = build({'type': spec['type'], **options}, where, channels=channels[id(module)])
-            report.append(_insert(model, path, module, block, kind, bool(spec.get('stack')), where,
-                                  block_cls.__name__, channels[id(module)], options))
+            report.append(_insert(model, path, module, _place_like(block, module, model), kind,
+                                  bool(spec.get('stack')), where, type_name, channels[id(module)], options))
+        model.attn_plugins_report = report
     model.attn_plugins_report = report
     return model
 
 
+def _output_key(index) -> bool:
+    return _is_int(index) or isinstance(index, str)
+
+
 def _inject_outputs(model, spec, where, kind, child_name, example_input, block_cls) -> list[Insertion]:
-    """One block per selected element of a module's tuple/list output."""
+    """One block per selected element of a module's tuple/list/namedtuple/dict output."""
     indices = spec['output_index']
-    indices = [indices] if isinstance(indices, int) else indices
+    indices = [indices] if _output_key(indices) else indices
     if kind != 'after' or child_name is not None:
         raise ConfigError(f"{where}.output_index: only with position 'after' (the module's own outputs)")
-    if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) for i in indices):
-        raise ConfigError(f"{where}.output_index: expected an int or a list of ints, got {indices!r}")
+    if not isinstance(indices, (list, tuple)) or not indices or not all(_output_key(i) for i in indices):
+        raise ConfigError(f"{where}.output_index: expected an int, a dict key (str) or a list of them, got {indices!r}")
+    type_name = block_cls.__name__
     options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    targets = select_modules(model, spec, where)
+    for path, module in targets:
+        _check_target(path, module, kind, type_name, where)
+    seen = probe(model, [m for _, m in targets], example_input, strict='channels' not in spec) or {}
     out = []
-    for path, module in select_modules(model, spec, where):
-        probed = [] if 'channels' in spec else probe_channels(model, [module], example_input).get(id(module))
-        probed = probed if isinstance(probed, list) else [probed]
+    for path, module in targets:
+        shown = path or '.'
+        probed = seen.get(id(module), _Probed())
+        if probed.calls > 1:
+            _check_probed(path, probed, kind, type_name, where)
+        shapes = probed.output
         attrs = {}
         for index in indices:
-            channels = spec.get('channels') or (probed[index] if -len(probed) <= index < len(probed) else None)
+            if isinstance(shapes, dict):
+                shape = shapes.get(index)
+            elif isinstance(shapes, list) and _is_int(index) and -len(shapes) <= index < len(shapes):
+                shape = shapes[index]
+            else:
+                shape = None
+            found = shape[1] if isinstance(shape, tuple) and len(shape) >= 3 else None
+            if probed.calls and found is None:
+                outputs = (f"keys {list(shapes)}" if isinstance(shapes, dict) else
+                           f"{len(shapes)} outputs" if isinstance(shapes, list) else f"one {shapes} output")
+                raise ConfigError(f"{where}.output_index: {shown!r} has no output {index!r} of shape (B, C, ...) "
+                                  f"in a probing forward (it returns {outputs})")
+            if 'channels' in spec and found is not None and found != spec['channels']:
+                raise ConfigError(f"{where}.channels: {spec['channels']}, but output {index!r} of {shown!r} "
+                                  f"gives {found} channels")
+            channels = spec['channels'] if 'channels' in spec else found
             if not isinstance(channels, int):
-                raise ConfigError(f"{where}.output_index: {path or type(model).__name__!r} has no output {index} "
-                                  "of shape (B, C, ...) in a probing forward")
-            block = build({'type': spec['type'], **options}, where, channels=channels)
-            attr = _attr_name(module, f"{block_cls.__name__}Out{index}", bool(spec.get('stack')), path, where)
+                raise ConfigError(f"{where}: could not infer channels at {shown!r} (it did not run in the "
+                                  "probing forward); set 'channels' in the plugin spec")
+            block = _place_like(build({'type': spec['type'], **options}, where, channels=channels), module, model)
+            suffix = str(index) if _is_int(index) else '_' + re.sub(r'\W', '_', index)
+            attr = _attr_name(module, f"{type_name}Out{suffix}", bool(spec.get('stack')), shown, where)
             module.add_module(attr, block)
             attrs[index] = attr
-            out.append(Insertion(path or '.', f'after[{index}]', block_cls.__name__, channels,
-                                 f'{path}.{attr}' if path else attr, options))
+            out.append(Insertion(shown, f'after[{index}]', type_name, channels, _join(path, attr), options))
         module.register_forward_hook(_ApplyToOutputs(attrs))
     return out
 
 
 def _insert(model, path, module, block, kind, stack, where, type_name, channels, options) -> Insertion:
+    shown = path or '.'
     if kind == 'replace':
         parent_path, _, name = path.rpartition('.')
         parent = model.get_submodule(parent_path) if parent_path else model
         setattr(parent, name, block)
         return Insertion(path, 'replace', type_name, channels, path, options)
-    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-        raise ConfigError(f"{where}: {path!r} is a {type(module).__name__}, which has no forward; "
-                          "select its elements instead (e.g. add '.*' to the pattern)")
     if isinstance(module, nn.Sequential) and kind == 'after':
-        attr = _attr_name(module, type_name, stack, path, where)
+        attr = _attr_name(module, type_name, stack, shown, where)
         module.add_module(attr, block)       # runs last; existing indices keep their names
-        return Insertion(path, 'after', type_name, channels, f'{path}.{attr}', options)
+        return Insertion(shown, 'after', type_name, channels, _join(path, attr), options)
     if isinstance(module, nn.Sequential):
-        raise ConfigError(f"{where}: 'before' on the nn.Sequential {path!r} would change its layer indices; "
+        raise ConfigError(f"{where}: 'before' on the nn.Sequential {shown!r} would change its layer indices; "
                           "target its first layer instead")
-    attr = _attr_name(module, type_name, stack, path, where)
+    attr = _attr_name(module, type_name, stack, shown, where)
     module.add_module(attr, block)
     if kind == 'after':
-        module.register_forward_hook(_ApplyAfter(attr))
+        module.register_forward_hook(_block_hook('after', attr))
     else:
-        module.register_forward_pre_hook(_ApplyBefore(attr))
-    return Insertion(path, kind, type_name, channels, f'{path}.{attr}', options)
+        module.register_forward_pre_hook(_block_hook('before', attr))
+    return Insertion(shown, kind, type_name, channels, _join(path, attr), options)

@@ -191,3 +191,112 @@ def test_timm_backbone_for_openmmlab_configs():
     assert [o.shape[1] for o in backbone(torch.randn(1, 3, 64, 64))] == [80, 160, 320]
     with pytest.raises(ConfigError, match='would download'):
         MODELS.build(dict(type='TimmBackbone', model_name='resnet18', pretrained=True))
+
+
+# ---------------------------------------------------------------- edge cases (issue 11, item 7)
+def test_inject_follows_the_models_dtype():
+    model = timm.create_model('resnet18').double()
+    inject(model, [dict(type='SE', where='layer1.*', position='after')])       # BasicBlock: probed
+    block = model.layer1[0].attn_se
+    assert all(p.dtype == torch.float64 for p in block.parameters())
+    assert model.eval()(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_probe_uses_the_models_expected_input_size():
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False)     # fixed 224x224 input
+    inject(model, [dict(type='SE', where='patch_embed.proj', position='before')])
+    assert model.attn_plugins_report[0].channels == 3
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_where_dot_is_the_model_itself():
+    model = timm.create_model('resnet18', num_classes=0, global_pool='')    # returns the last map
+    inject(model, [dict(type='SE', where='.', position='after')])
+    insertion = model.attn_plugins_report[0]
+    assert (insertion.path, insertion.attr, insertion.channels) == ('.', 'attn_se', 512)
+    assert isinstance(model.get_submodule(insertion.attr), attn_plugins.SE)
+    with pytest.raises(ConfigError, match="pattern 'attn_se' matches no module"):   # inserted blocks are never targets
+        inject(model, [dict(type='SE', where='attn_se', position='after')])
+    with pytest.raises(ConfigError, match=r"'replace' with where: '\.' would replace the model itself"):
+        inject(model, [dict(type='SE', where='.', position='replace')])
+    assert len(model.attn_plugins_report) == 1 and '' not in model._modules
+
+
+class _TwoMaps(torch.nn.Module):
+    Pair = __import__('collections').namedtuple('Pair', 'low high')
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.as_dict = as_dict
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        low = self.conv1(x)
+        high = self.conv2(low)
+        return {'low': low, 'high': high} if self.as_dict else self.Pair(low, high)
+
+
+def test_namedtuple_and_dict_outputs_keep_their_type():
+    x = torch.randn(2, 3, 16, 16)
+    pair = inject(_TwoMaps(as_dict=False), [dict(type='SE', where='.', output_index=[1])])
+    out = pair(x)
+    assert type(out) is _TwoMaps.Pair and pair.attn_plugins_report[0].channels == 16
+    torch.testing.assert_close(out.high, pair.attn_se_out1(pair.conv2(pair.conv1(x))))
+    torch.testing.assert_close(out.low, pair.conv1(x))
+    maps = inject(_TwoMaps(as_dict=True), [dict(type='CBAM', where='.', output_index=['high', 'low'])])
+    out = maps(x)
+    assert type(out) is dict and list(out) == ['low', 'high']
+    assert [(r.position, r.channels, r.attr) for r in maps.attn_plugins_report] == [
+        ('after[high]', 16, 'attn_cbam_out_high'), ('after[low]', 8, 'attn_cbam_out_low')]
+    torch.testing.assert_close(out['high'], maps.attn_cbam_out_high(maps.conv2(maps.conv1(x))))
+    with pytest.raises(ConfigError, match=r"'\.' has no output 'mid'.*keys \['low', 'high'\]"):
+        inject(_TwoMaps(as_dict=True), [dict(type='SE', where='.', output_index='mid')])
+    with pytest.raises(ConfigError, match=r"'\.' returns a dict with keys \['low', 'high'\]; .*'output_index'"):
+        inject(_TwoMaps(as_dict=True), [dict(type='SE', where='.', position='after')])
+
+
+def test_a_module_run_twice_per_forward_is_refused():
+    model = torchvision.models.resnet18(weights=None)         # BasicBlock calls self.relu twice
+    with pytest.raises(ConfigError, match=r"'layer1\.0\.relu' runs 2 times in one forward .*shared ReLU"):
+        inject(model, [dict(type='SE', where='layer1.0.relu', position='after')])
+    with pytest.raises(ConfigError, match=r"'layer1\.0\.relu' runs 2 times"):
+        inject(model, [dict(type='SE', where='layer1.0', position='after:relu', channels=64)])
+    inject(model, [dict(type='SE', where='layer1.0', position='after:bn2')])   # runs once: fine
+    assert model.attn_plugins_report[0].path == 'layer1.0.bn2'
+
+
+def test_two_input_blocks_are_refused_at_inject():
+    model = timm.create_model('resnet18')
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.type: PayAttention cannot be inserted .*takes 2 inputs "
+                                          r"\(local, global_feat\)"):
+        inject(model, [dict(type='PayAttention', where='layer1.*', position='after')])
+    assert not hasattr(model.layer1[0], 'attn_pay_attention')
+
+
+@pytest.mark.parametrize('position', ['after', 'replace', 'before'])
+def test_linear_layers_are_refused_at_inject(position):
+    model = timm.create_model('resnet18')
+    with pytest.raises(ConfigError, match=r"'fc' is a Linear layer.*\(B, C, H, W\) maps SE needs"):
+        inject(model, [dict(type='SE', where='fc', position=position)])
+    assert isinstance(model.fc, torch.nn.Linear) and not model.fc._modules
+
+
+def test_vectors_and_shape_changing_replacements_are_refused():
+    model = timm.create_model('resnet18')
+    with pytest.raises(ConfigError, match=r"SE needs \(B, C, \.\.\.\) feature maps, but 'global_pool' gives a "
+                                          r"\(1, 512\) tensor"):
+        inject(model, [dict(type='SE', where='global_pool', position='after')])
+    with pytest.raises(ConfigError, match=r"'replace' needs a module whose output has its input's shape.*"
+                                          r"'layer2\.0\.conv1' maps \(1, 64, (\d+), \1\) to \(1, 128, \d+, \d+\)"):
+        inject(model, [dict(type='SE', where='layer2.0.conv1', position='replace')])
+
+
+def test_spec_key_typos_and_boolean_select():
+    model = timm.create_model('resnet18')
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.positon: unknown option for SE; did you mean 'position'"):
+        inject(model, [dict(type='SE', where='layer1.*', positon='after:bn2')])
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.select: expected a list of match indices \(ints, not "
+                                          r"booleans\), got \[True\]"):
+        inject(model, [dict(type='SE', where='layer1.*', select=[True])])
+    assert not getattr(model, 'attn_plugins_report', [])

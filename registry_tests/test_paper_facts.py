@@ -37,20 +37,35 @@ def test_pay_attention_formula_pc_and_dp():
     a = torch.softmax(c, 1)
     torch.testing.assert_close(attn.flatten(1), a)
     torch.testing.assert_close(attended, torch.einsum('bn,bcn->bc', a, local.flatten(2)))
+    # dp: c_i = ⟨l_i, g⟩, written out per position and channel
     dp = m.PayAttention(6, 6, compatibility='dp')
-    _, attn = dp(local, torch.randn(2, 6))
+    g6 = torch.randn(2, 6)
+    attended, attn = dp(local, g6)
     assert isinstance(dp.project, torch.nn.Identity) and dp.u is None
-    torch.testing.assert_close(attn.flatten(1).sum(1), torch.ones(2))
+    c = torch.tensor([[[sum(local[b, k, i, j].item() * g6[b, k].item() for k in range(6)) for j in range(4)]
+                       for i in range(3)] for b in range(2)])
+    a = torch.softmax(c.flatten(1), 1)
+    torch.testing.assert_close(attn.flatten(1), a)
+    torch.testing.assert_close(attended, torch.einsum('bn,bcn->bc', a, local.flatten(2)))
+    # dp with a projection: c_i = ⟨P l_i, g⟩, the attended vector still sums the unprojected l_i
+    dp = m.PayAttention(6, 10, compatibility='dp')
+    attended, attn = dp(local, g)
+    c = torch.einsum('bchw,bc->bhw', torch.einsum('oc,bchw->bohw', dp.project.weight[:, :, 0, 0], local), g)
+    torch.testing.assert_close(attn.flatten(1), torch.softmax(c.flatten(1), 1))
+    torch.testing.assert_close(attended, torch.einsum('bn,bcn->bc', attn.flatten(1), local.flatten(2)))
 
 
 @pytest.mark.parametrize('name', ['ap_vgg16_att3_concat_pc', 'ap_vgg16_att3_indep_dp'])
 def test_vgg_att3_attends_layers_7_10_13(name):
     model = timm.create_model(name, num_classes=100)
-    convs = [mod for stage in model.stages for mod in stage if isinstance(mod, torch.nn.Conv2d)]
-    assert len(convs) == 13 and [s[-3].out_channels for s in model.stages] == [256, 512, 512]
+    convs = [mod for mod in model.stages.modules() if isinstance(mod, torch.nn.Conv2d)]
+    # no pooling in layers 1-7: conv 7, 10 and 13 end the first three stages (authors' VGG-att3)
+    assert len(convs) == 15 and [convs[i - 1].out_channels for i in (7, 10, 13)] == [256, 512, 512]
+    assert [[m for m in s if isinstance(m, torch.nn.Conv2d)][-1] for s in model.stages[:3]] == \
+        [convs[6], convs[9], convs[12]]
     vectors, maps = model.forward_attention(torch.randn(2, 3, 32, 32))
     assert [tuple(v.shape) for v in vectors] == [(2, 256), (2, 512), (2, 512)]
-    assert [tuple(a.shape[2:]) for a in maps] == [(8, 8), (4, 4), (2, 2)]
+    assert [tuple(a.shape[2:]) for a in maps] == [(32, 32), (16, 16), (8, 8)]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
