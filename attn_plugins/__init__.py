@@ -1,8 +1,9 @@
 """attn_plugins: attention blocks from the literature, pluggable into timm and OpenMMLab
 models from a config file.
 
-Public API: list_plugins, build, inject, create_model, load_config. `import attn_plugins` needs
-only torch, timm, mmengine and pyyaml; the OpenMMLab heads load when mmseg/mmdet are present.
+Public API: list_plugins, build, inject, create_model, load_config, auxiliary_losses.
+`import attn_plugins` needs only torch, timm, mmengine and pyyaml; the OpenMMLab heads load when
+mmseg/mmdet are present.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __version__ = '0.1.0'
 
 __all__ = ['list_plugins', 'build', 'get_block', 'inject', 'create_model', 'load_config', 'ConfigError', 'BLOCKS',
            'SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
-           'PyramidAttention', 'NonLocal', 'PayAttention', '__version__']
+           'PyramidAttention', 'NonLocal', 'PayAttention', 'auxiliary_losses', 'total_auxiliary_loss',
+           '__version__']
 
 
 def __getattr__(name):  # lazy: keep `import attn_plugins` light
@@ -27,6 +29,9 @@ def __getattr__(name):  # lazy: keep `import attn_plugins` light
     if name == 'load_config':
         from .config import load_config
         return load_config
+    if name in ('auxiliary_losses', 'total_auxiliary_loss'):
+        from . import losses
+        return getattr(losses, name)
     raise AttributeError(f"module 'attn_plugins' has no attribute {name!r}")
 
 

@@ -30,8 +30,9 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
     if load_from is not None:
         cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(h.get('type') == 'SafeCheckpointHook' for h in hooks):
-        hooks.append(dict(type='SafeCheckpointHook'))
+    for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook'):   # safe checkpoints; blocks' auxiliary losses
+        if not any(h.get('type') == hook for h in hooks):
+            hooks.append(dict(type=hook))
     if progress_interval:
         hooks.append(dict(type='ProgressHook', interval=progress_interval))
     cfg.custom_hooks = hooks

@@ -6,7 +6,8 @@ scope 'attn_plugins' (so `type='attn_plugins.CBAM'` works from any scope). The r
 classes are thin subclasses that also accept OpenMMLab's `in_channels=` keyword (the plugin
 builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer names.
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
-`SafeCheckpointHook` and `ProgressHook` (HOOKS), and `CPUDistributedDataParallel` (MODEL_WRAPPERS).
+`SafeCheckpointHook`, `ProgressHook` and `AuxiliaryLossHook` (HOOKS), and
+`CPUDistributedDataParallel` (MODEL_WRAPPERS).
 """
 from __future__ import annotations
 
@@ -98,6 +99,51 @@ class ProgressHook(Hook):
               f"elapsed {elapsed:.0f}s eta {eta:.0f}s", flush=True)
 
 
+class AuxiliaryLossParser:
+    """Stands in for a model's `parse_losses`: adds `auxiliary_losses(model)`, summed per loss
+    name under 'plugins.<name>' (e.g. 'plugins.loss_pca'), to the loss dict, then parses it with
+    the model class's own `parse_losses`. Every mmengine `train_step` (BaseModel's and the DDP
+    and FSDP wrappers') parses the losses through the wrapped model's `parse_losses` before
+    `update_params`, and sums the entries whose key contains 'loss': so the terms reach the
+    optimiser and the logs. A module-level class, so a patched model still pickles."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, losses):
+        from ..losses import auxiliary_losses
+        losses = dict(losses)
+        for key, value in auxiliary_losses(self.model).items():
+            name = f"plugins.{key.rsplit('.', 1)[-1]}"
+            losses[name] = losses[name] + value if name in losses else value
+        return type(self.model).parse_losses(self.model, losses)
+
+
+def add_auxiliary_losses(model):
+    """Make `model` (a mmengine BaseModel, or a model wrapper around one) add its blocks'
+    auxiliary losses to the losses of every `train_step` (idempotent). Returns the model."""
+    from mmengine.model import is_model_wrapper
+    inner = model.module if is_model_wrapper(model) else model
+    if not callable(getattr(type(inner), 'parse_losses', None)):
+        raise ConfigError(f"AuxiliaryLossHook: {type(inner).__name__} has no parse_losses (not a mmengine "
+                          "BaseModel); add sum(attn_plugins.auxiliary_losses(model).values()) to its loss instead")
+    if not isinstance(inner.__dict__.get('parse_losses'), AuxiliaryLossParser):
+        inner.parse_losses = AuxiliaryLossParser(inner)
+    return model
+
+
+class AuxiliaryLossHook(Hook):
+    """Adds the auxiliary losses of the model's blocks (PyramidAttention's PCA loss, wherever the
+    block sits: backbone plugin, `InjectAttention`, head) to the training loss of mmengine's
+    Runner, through `add_auxiliary_losses`. `attn_plugins.runner.build_runner` adds it to every
+    run; with mmseg's or mmdet's own tools/train.py, put `custom_hooks=[dict(type='AuxiliaryLossHook')]`
+    in the config (a block whose loss is never collected warns)."""
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        add_auxiliary_losses(runner.model)
+
+
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
     always passes, which torch rejects for CPU modules."""
@@ -125,6 +171,6 @@ def register_blocks() -> None:
     for registry in (MODELS, scoped_registry()):
         for name, obj in models.items():
             register_once(registry, name, obj)
-    for hook in (SafeCheckpointHook, ProgressHook):
+    for hook in (SafeCheckpointHook, ProgressHook, AuxiliaryLossHook):
         register_once(HOOKS, hook.__name__, hook)
     register_once(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)

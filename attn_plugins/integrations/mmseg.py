@@ -7,7 +7,8 @@
                           renaming the PAM/CAM parameters only (see `convert`).
     NonLocalHead          FCN head with a non-local block between its two 3x3 convs (as NLHead).
     PyramidAttentionHead  interaction-aware pyramid attention over several backbone stages
-                          (in_index a list); the PCA loss is added to the decode losses.
+                          (in_index a list); the block's PCA loss is added to the decode losses
+                          (through `auxiliary_losses`, so AuxiliaryLossHook never adds it twice).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mmseg.models.decode_heads.fcn_head import FCNHead
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
+from ..losses import auxiliary_losses
 from ..modules import ChannelAttention, NonLocal, PositionAttention, PyramidAttention
 from ..registry import HEADS
 from .mmengine import register_once
@@ -104,11 +106,11 @@ class PyramidAttentionHead(BaseDecodeHead):
     Args:
         in_index / in_channels: lists, one entry per stage (input_transform='multiple_select').
         fuse_channels, num_components: PyramidAttention options.
-        pca_loss_weight: weight of the PCA loss added to the decode losses.
+        pca_loss_weight: weight of the PCA loss added to the decode losses as 'loss_pca'.
     """
 
     def __init__(self, fuse_channels: int | None = None, num_components: int | None = None,
-                 target_index: int = -1, pca_loss_weight: float = 0.1, chunk_elements: int = 1 << 24, **kwargs):
+                 target_index: int = -1, pca_loss_weight: float = 0.1, **kwargs):
         kwargs.setdefault('input_transform', 'multiple_select')
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, (list, tuple)):
@@ -119,9 +121,8 @@ class PyramidAttentionHead(BaseDecodeHead):
         pyramid_channels = list(self.in_channels)
         pyramid_channels[self.target_index] = self.channels
         self.pyramid = PyramidAttention(self.channels, pyramid_channels, fuse_channels, num_components,
-                                        self.target_index, chunk_elements=chunk_elements)
+                                        self.target_index, pca_loss_weight=pca_loss_weight)
         self.out_conv = ConvModule(self.channels, self.channels, 3, padding=1, **conv)
-        self.pca_loss_weight = pca_loss_weight
 
     def forward(self, inputs):
         feats = list(self._transform_inputs(inputs))
@@ -130,8 +131,7 @@ class PyramidAttentionHead(BaseDecodeHead):
 
     def loss_by_feat(self, seg_logits, batch_data_samples, **kwargs) -> dict:
         losses = super().loss_by_feat(seg_logits, batch_data_samples)
-        if self.pca_loss_weight and self.pyramid.pca_loss is not None:
-            losses['loss_pca'] = self.pca_loss_weight * self.pyramid.pca_loss
+        losses.update(auxiliary_losses(self.pyramid))      # {'loss_pca': weight · L_pca}, handed out once
         return losses
 
 

@@ -15,6 +15,8 @@ the φ and g paths (2 in 1D, 2x2 in 2D, 1x2x2 in 3D).
 Memory: no mode materialises the N x N map unless `record_attention` is set. Softmax modes
 run in query chunks; dot_product uses associativity, θ (φᵀ g) / N, which is O(N·C²);
 concatenation splits wᵀ[θ_i; φ_j] = a_i + b_j and forms ReLU(a_i + b_j) chunk by chunk.
+Under autograd the chunks are checkpointed (recomputed in backward), so training keeps no
+N x N map either.
 """
 from __future__ import annotations
 
@@ -137,9 +139,19 @@ class NonLocal(nn.Module):
             return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
         a, b = self._concat_terms(query, key)
         chunk = max(1, self.chunk_elements // num_keys)
-        pieces = [torch.bmm(value, torch.relu(b[:, :, None] + a[:, None, s:s + chunk]))
-                  for s in range(0, num_queries, chunk)]
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or value.requires_grad):
+            # as the softmax modes: each chunk's (Nk x chunk) map is recomputed in backward, not saved
+            from torch.utils.checkpoint import checkpoint
+            pieces = [checkpoint(_concat_chunk, a[:, s:s + chunk], b, value, use_reentrant=False)
+                      for s in range(0, num_queries, chunk)]
+        else:
+            pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         return torch.cat(pieces, dim=2) / num_keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out_norm(self.out_conv(self.context(x)))
+
+
+def _concat_chunk(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Σ_j ReLU(a_i + b_j) g_j for the queries of one chunk: a (B, n), b (B, Nk), value (B, Ci, Nk) -> (B, Ci, n)."""
+    return torch.bmm(value, torch.relu(b[:, :, None] + a[:, None, :]))

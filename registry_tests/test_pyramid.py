@@ -1,0 +1,252 @@
+"""PyramidAttention as documented in its module (Du et al., ECCV 2018): the interaction-aware
+score per position, the attended features, the PCA loss that cannot collapse the features, and
+its collection from every host (inject into timm, mmengine's Runner with a backbone plugin,
+PyramidAttentionHead)."""
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import attn_plugins
+from attn_plugins import modules as m
+from attn_plugins.losses import auxiliary_losses, total_auxiliary_loss
+
+
+def identity_fusion(c, **kw):
+    """A one-map block whose fused features are its input (1x1 reduce = identity, no bias)."""
+    block = m.PyramidAttention(c, fuse_channels=c, **kw)
+    with torch.no_grad():
+        block.reduce[0].weight.copy_(torch.eye(c)[:, :, None, None])
+        block.reduce[0].bias.zero_()
+        block.gamma.fill_(0.5)
+    return block
+
+
+def attention(block, x):
+    block.record_attention = True
+    with torch.no_grad():
+        block(x)
+    return block.attention_map.flatten(1)
+
+
+def test_scores_and_output_follow_the_documented_formula():
+    block = m.PyramidAttention(8, in_channels=[8, 6], fuse_channels=6, num_components=3).eval()
+    with torch.no_grad():
+        block.gamma.fill_(0.7)
+    x, coarse = torch.randn(2, 8, 5, 7), torch.randn(2, 6, 10, 14)
+    block.record_attention = True
+    with torch.no_grad():
+        y = block([x, coarse])
+        fused = block.reduce[0](x) + nn.functional.adaptive_avg_pool2d(block.reduce[1](coarse), (5, 7))
+        f = fused.flatten(2)
+        z = torch.einsum('ck,bcn->bkn', block.components, f - f.mean(-1, keepdim=True))      # Wᵀ(f_i − μ)
+        sigma = (z.pow(2).mean(-1, keepdim=True) + block.eps).sqrt()
+        a = torch.softmax(torch.einsum('k,bkn->bn', block.score, z / sigma), -1)
+        expected = x + 0.7 * block.value(x) * (35 * a).view(2, 1, 5, 7)
+    assert block.attention_map.shape == (2, 1, 5, 7)
+    torch.testing.assert_close(block.attention_map.flatten(1), a)
+    torch.testing.assert_close(y, expected)
+
+
+def test_other_positions_change_a_positions_weight():
+    """With f_0 and f_1 fixed, a_0 / a_1 depends on the other positions (through the principal
+    spreads σ_k): not a per-position score of the vector alone, nor removable by the softmax."""
+    block = identity_fusion(8, num_components=4).eval()
+    fixed = torch.randn(8, 2)
+    ratios = []
+    for spread in (0.3, 1.0, 3.0):
+        x = torch.cat([fixed, torch.randn(8, 62) * spread], 1).view(1, 8, 8, 8)
+        a = attention(block, x)[0]
+        assert block.attention_map.shape == (1, 1, 8, 8), 'one weight per position, not a pairwise map'
+        ratios.append((a[0] / a[1]).log().item())
+    assert max(ratios) - min(ratios) > 0.1, ratios
+
+
+def test_scores_are_invariant_to_a_common_shift_and_scale():
+    block = identity_fusion(8).eval()
+    x = torch.randn(2, 8, 6, 6)
+    a = attention(block, x)
+    torch.testing.assert_close(attention(block, x + torch.randn(1, 8, 1, 1) * 5), a, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(attention(block, x * 20), a, rtol=1e-4, atol=1e-6)
+
+
+def test_average_of_the_output_is_the_score_weighted_sum():
+    """mean_i y_i = mean_i x_i + γ V(Σ_i a_i x_i): the paper's attended feature under global pooling."""
+    block = identity_fusion(8).eval()
+    x = torch.randn(2, 8, 5, 6)
+    a = attention(block, x)
+    with torch.no_grad():
+        pooled = torch.einsum('bn,bcn->bc', a, x.flatten(2))
+        expected = x.mean((2, 3)) + 0.5 * block.value(pooled[:, :, None, None]).flatten(1)
+        torch.testing.assert_close(block(x).mean((2, 3)), expected)
+
+
+def test_pca_loss_cannot_collapse_the_features():
+    """L_pca trains W only: no gradient reaches the inputs or the pyramid convs, and it does not
+    depend on the features' scale (shrinking them cannot lower it)."""
+    block = m.PyramidAttention(8, in_channels=[8, 4], fuse_channels=8, num_components=2).train()
+    for conv in block.reduce:
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    x, coarse = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 4, 3, 3, requires_grad=True)
+    block([x, coarse])
+    loss = block.pca_loss
+    reduce_params = [p for conv in block.reduce for p in conv.parameters()]
+    grads = torch.autograd.grad(loss, [x, coarse, *reduce_params, block.components], allow_unused=True)
+    assert all(g is None or not g.any() for g in grads[:-1])
+    assert grads[-1].abs().sum() > 0
+    block([x * 0.01, coarse * 0.01])
+    torch.testing.assert_close(block.pca_loss, loss.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_pca_loss_is_kept_while_training_and_handed_out_once():
+    block = m.PyramidAttention(8, pca_loss_weight=0.25).train()
+    x = torch.randn(2, 8, 4, 4)
+    block(x)
+    losses = auxiliary_losses(block)
+    assert set(losses) == {'loss_pca'}
+    torch.testing.assert_close(losses['loss_pca'], 0.25 * block.pca_loss)
+    assert auxiliary_losses(block) == {}, 'a second collection would count it twice'
+    block.eval()
+    block(x)
+    assert block.pca_loss is None and auxiliary_losses(block) == {}
+    with torch.no_grad():
+        block.train()(x)
+    assert auxiliary_losses(block) == {}, 'no graph, nothing to train'
+    unweighted = m.PyramidAttention(8, pca_loss_weight=0).train()
+    unweighted(x)
+    assert unweighted.pca_loss is not None and auxiliary_losses(unweighted) == {}
+    with pytest.raises(ValueError, match='pca_loss_weight'):
+        m.PyramidAttention(8, pca_loss_weight=-1)
+
+
+def test_uncollected_loss_warns_once():
+    block = m.PyramidAttention(8).train()
+    x = torch.randn(1, 8, 4, 4)
+    block(x)
+    with pytest.warns(UserWarning, match='never collected'):
+        block(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        block(x)
+
+
+def test_inject_into_timm_model_and_collect():
+    timm = pytest.importorskip('timm')
+    model = timm.create_model('resnet18', num_classes=3)
+    attn_plugins.inject(model, [dict(type='PyramidAttention', where='layer3.*', position='after:bn2')])
+    blocks = [mod for mod in model.modules() if isinstance(mod, m.PyramidAttention)]
+    assert len(blocks) == 2
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).logsumexp(1).mean().backward()
+    assert all(b.components.grad is None or not b.components.grad.any() for b in blocks), \
+        'γ = 0 at init: the task alone gives W no gradient'
+    model.zero_grad()
+    out = model(x)
+    losses = auxiliary_losses(model)
+    assert sorted(losses) == sorted(f'{name}.loss_pca' for name, mod in model.named_modules()
+                                    if isinstance(mod, m.PyramidAttention))
+    (out.logsumexp(1).mean() + sum(losses.values())).backward()
+    assert all(b.components.grad.abs().sum() > 0 for b in blocks)
+    model(x)
+    total = total_auxiliary_loss(model)
+    torch.testing.assert_close(total, sum(0.1 * b.pca_loss for b in blocks))
+    assert total_auxiliary_loss(model) is None and attn_plugins.auxiliary_losses is auxiliary_losses
+
+
+def _seg_batch(n=2, size=32, classes=3):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    batch = []
+    for _ in range(n):
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, size, size)))
+        sample.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size)))
+        batch.append(dict(inputs=torch.randint(0, 255, (3, size, size), dtype=torch.uint8), data_samples=sample))
+    return batch
+
+
+def test_mmseg_backbone_plugin_loss_reaches_the_optimiser(tmp_path):
+    """One iteration of mmengine's Runner: a PyramidAttention put into mmseg's ResNet by its
+    `plugins` cfg gets its PCA loss through AuxiliaryLossHook (γ = 0, so W moves only by it)."""
+    pytest.importorskip('mmseg')
+    from mmengine.dataset import pseudo_collate
+    from mmengine.runner import Runner
+    model = dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0.] * 3, std=[255.] * 3, size=(32, 32)),
+        backbone=dict(type='ResNetV1c', depth=50, stem_channels=8, base_channels=4, out_indices=(3,),
+                      strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                      norm_cfg=dict(type='BN'), plugins=[dict(cfg=dict(type='PyramidAttention', pca_loss_weight=0.5),
+                                                              stages=(False, False, False, True), position='after_conv3')]),
+        decode_head=dict(type='FCNHead', in_channels=128, in_index=0, channels=8, num_convs=1, num_classes=3,
+                         norm_cfg=dict(type='BN'), loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)))
+    loader = torch.utils.data.DataLoader(_seg_batch(), batch_size=2, collate_fn=pseudo_collate)
+    runner = Runner(model=model, work_dir=str(tmp_path), train_dataloader=loader,
+                    train_cfg=dict(by_epoch=False, max_iters=1), default_scope='mmseg', log_level='WARNING',
+                    optim_wrapper=dict(optimizer=dict(type='SGD', lr=1.0)), default_hooks=dict(checkpoint=None),
+                    custom_hooks=[dict(type='AuxiliaryLossHook')])
+    blocks = [mod for mod in runner.model.modules() if isinstance(mod, m.PyramidAttention)]
+    assert len(blocks) == 3
+    runner.model.init_weights()          # now, not inside train(): W may then move only by the training step
+    before = [b.components.detach().clone() for b in blocks]
+    runner.train()
+    assert all(not torch.equal(b.components, w) for b, w in zip(blocks, before))
+    logged = runner.message_hub.get_scalar('train/plugins.loss_pca').current()
+    assert logged == pytest.approx(0.5 * sum(b.pca_loss.item() for b in blocks), rel=1e-4)
+
+
+def test_mmseg_plugin_without_the_hook_gets_no_pca_gradient_then_with_it():
+    """The control for the test above: train_step without the hook leaves W unchanged (and the
+    block warns); `add_auxiliary_losses`, what the hook calls, is idempotent and pickles."""
+    pytest.importorskip('mmseg')
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    model = MODELS.build(dict(
+        type='EncoderDecoder', data_preprocessor=dict(type='SegDataPreProcessor', mean=[0.] * 3, std=[255.] * 3, size=(32, 32)),
+        backbone=dict(type='ResNetV1c', depth=50, stem_channels=8, base_channels=4, out_indices=(3,),
+                      strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                      plugins=[dict(cfg=dict(type='PyramidAttention'), stages=(False, False, False, True),
+                                    position='after_conv3')], norm_cfg=dict(type='BN')),
+        decode_head=dict(type='FCNHead', in_channels=128, in_index=0, channels=8, num_convs=1, num_classes=3,
+                         norm_cfg=dict(type='BN'))))
+    blocks = [mod for mod in model.modules() if isinstance(mod, m.PyramidAttention)]
+    before = [b.components.detach().clone() for b in blocks]
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1.0))
+    log = model.train_step(pseudo_collate(_seg_batch()), optim)
+    assert all(torch.equal(b.components, w) for b, w in zip(blocks, before)) and 'plugins.loss_pca' not in log
+    with pytest.warns(UserWarning, match='never collected'):
+        model.train_step(pseudo_collate(_seg_batch()), optim)
+    from attn_plugins.integrations.mmengine import AuxiliaryLossParser, add_auxiliary_losses
+    add_auxiliary_losses(add_auxiliary_losses(model))
+    assert isinstance(model.parse_losses, AuxiliaryLossParser) and model.parse_losses.model is model   # idempotent
+    log = model.train_step(pseudo_collate(_seg_batch()), optim)
+    assert log['plugins.loss_pca'] > 0
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.parse_losses.model is clone
+
+
+def test_pyramid_attention_head_adds_its_loss_once():
+    pytest.importorskip('mmseg')
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    head = MODELS.build(dict(type='PyramidAttentionHead', in_channels=[8, 16], in_index=[0, 1], channels=8,
+                             fuse_channels=8, num_components=2, pca_loss_weight=0.3, num_classes=3,
+                             norm_cfg=dict(type='BN'))).train()
+    inputs = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    samples = [s['data_samples'] for s in _seg_batch(size=8)]
+    losses = head.loss(inputs, samples, train_cfg={})
+    torch.testing.assert_close(losses['loss_pca'], 0.3 * head.pyramid.pca_loss)
+    features = [p for conv in (head.in_conv, *head.pyramid.reduce) for p in conv.parameters()]
+    grads = torch.autograd.grad(losses['loss_pca'], features, retain_graph=True, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads), 'the PCA loss does not train the features'
+    assert auxiliary_losses(head) == {}, 'a hook collecting after the head adds nothing more'
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    assert head.pyramid.components.grad.abs().sum() > 0
