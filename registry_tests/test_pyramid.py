@@ -250,3 +250,14 @@ def test_pyramid_attention_head_adds_its_loss_once():
     assert auxiliary_losses(head) == {}, 'a hook collecting after the head adds nothing more'
     sum(v for k, v in losses.items() if 'loss' in k).backward()
     assert head.pyramid.components.grad.abs().sum() > 0
+
+
+def test_build_runner_adds_the_hook(tmp_path):
+    pytest.importorskip('mmseg')
+    import os
+    from attn_plugins.integrations.mmengine import AuxiliaryLossHook
+    from attn_plugins.runner import build_runner
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'seg', 'toy',
+                          'pyramid_attention_r50-d8_toy.yaml')
+    runner = build_runner(config, work_dir=str(tmp_path), cfg_options=['log_level=WARNING'])
+    assert sum(isinstance(h, AuxiliaryLossHook) for h in runner.hooks) == 1
