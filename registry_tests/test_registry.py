@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from mmengine.registry import MODELS, init_default_scope
 
@@ -141,3 +142,69 @@ def test_mmdet_resnext_takes_plugins_too():
                                          position='after_conv3')]))
     assert isinstance(model.layer1[0].cbam, attn_plugins.CBAM)
     assert [o.shape[1] for o in model(torch.randn(1, 3, 64, 64))] == [64, 128, 256, 512]
+
+
+@pytest.mark.parametrize('norm_cfg,norm_type', [
+    (dict(type='SyncBN', requires_grad=True), torch.nn.SyncBatchNorm),
+    (dict(type='GN', num_groups=4, requires_grad=True), torch.nn.GroupNorm),
+])
+def test_nonlocal_head_uses_norm_cfg_in_the_block_too(norm_cfg, norm_type):
+    init_default_scope('mmseg')
+    from mmseg.registry import MODELS as SEG
+    head = SEG.build(dict(type='NonLocalHead', in_channels=16, channels=8, num_classes=3, norm_cfg=norm_cfg))
+    norms = [head.convs[0].norm, head.convs[1].norm, head.nl_block.out_norm]
+    assert len({type(n) for n in norms}) == 1 and isinstance(norms[0], norm_type), [type(n) for n in norms]
+    assert head.nl_block.out_norm.weight.abs().max() == 0           # the block starts as the identity
+    if norm_type is torch.nn.GroupNorm:
+        assert head.nl_block.out_norm.num_groups == 4
+        x = torch.randn(2, 8, 6, 6)
+        torch.testing.assert_close(head.nl_block(x), x)
+    no_norm = SEG.build(dict(type='NonLocalHead', in_channels=16, channels=8, num_classes=3, norm_cfg=None))
+    assert isinstance(no_norm.nl_block.out_norm, torch.nn.Identity)
+    assert no_norm.nl_block.out_conv.weight.abs().max() == 0
+
+
+def test_nonlocal_norm_layer_errors():
+    with pytest.raises(ConfigError, match='norm_layer: expected a callable'):
+        build(dict(type='NonLocal', channels=8, norm_layer='SyncBN'))
+    with pytest.raises(ConfigError, match='with norm=False'):
+        build(dict(type='NonLocal', channels=8, norm=False, norm_layer=torch.nn.BatchNorm2d))
+
+
+def test_timm_backbone_loads_a_plain_timm_checkpoint(tmp_path):
+    from attn_plugins.integrations.timm import TimmBackbone
+    for name, options in (('resnet18', dict(block_args=dict(attn_layer='CBAM'))),
+                          ('convnext_atto', dict(plugins=[dict(type='SE', where='stages_*.blocks.*', position='after')]))):
+        plain = timm.create_model(name)
+        torch.save(plain.state_dict(), tmp_path / f'{name}.pth')
+        backbone = MODELS.build(dict(type='TimmBackbone', model_name=name, out_indices=(1, 2),
+                                     checkpoint=str(tmp_path / f'{name}.pth'), **options))
+        report = backbone.checkpoint_report
+        blocks = [n for n, m in backbone.timm_model.named_modules() if isinstance(m, tuple(attn_plugins.BLOCKS.values()))]
+        assert blocks and report['missing'] and all(k.startswith(tuple(b + '.' for b in blocks)) for k in report['missing'])
+        assert {'fc.weight', 'head.fc.weight'} & set(report['unused'])
+        # every weight of the features model that the plain model has came from the checkpoint
+        plain_state = plain.state_dict()
+        loaded = 0
+        for key, value in backbone.timm_model.state_dict().items():
+            source = key if key in plain_state else key.replace('_', '.', 1)   # timm's flattened 'stages_0'
+            if key not in report['missing']:
+                assert torch.equal(value, plain_state[source]), key
+                loaded += 1
+        assert loaded > 50
+    torch.save(timm.create_model('resnet34').state_dict(), tmp_path / 'resnet34.pth')
+    with pytest.raises(ConfigError, match=r'is not a checkpoint of resnet18: .* belong to another model'):
+        TimmBackbone('resnet18', checkpoint=str(tmp_path / 'resnet34.pth'))
+    torch.save(timm.create_model('resnet50').state_dict(), tmp_path / 'resnet50.pth')
+    with pytest.raises(ConfigError, match='resnet18 needs'):
+        TimmBackbone('resnet18', checkpoint=str(tmp_path / 'resnet50.pth'))
+
+
+def test_pyramid_attention_builds_from_a_list_of_widths():
+    block = MODELS.build(dict(type='PyramidAttention', in_channels=[16, 32]))
+    assert block.channels == 16 and block.in_channels == [16, 32]
+    out = block([torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)])
+    assert out.shape == (1, 16, 8, 8)
+    target_last = MODELS.build(dict(type='attn_plugins.PyramidAttention', in_channels=(16, 32), target_index=1))
+    assert target_last.channels == 32
+    assert MODELS.build(dict(type='PyramidAttention', in_channels=24)).in_channels == [24]   # a ResNet plugin

@@ -5,30 +5,43 @@ config finds `type='CBAM'` through the registry's parent chain) and in a child r
 scope 'attn_plugins' (so `type='attn_plugins.CBAM'` works from any scope). The registered
 classes are thin subclasses that also accept OpenMMLab's `in_channels=` keyword (the plugin
 builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer names.
+Blocks keep their own init through a host's `init_weights()`: see `restore_blocks_on_init`
+(used by `InjectAttention`; call it after `attn_plugins.inject` on a mmengine model).
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
 `SafeCheckpointHook`, `ProgressHook` and `AuxiliaryLossHook` (HOOKS), and
 `CPUDistributedDataParallel` (MODEL_WRAPPERS).
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 from mmengine.hooks import Hook
-from mmengine.model import MMDistributedDataParallel
+from mmengine.model import BaseModule, MMDistributedDataParallel
 from mmengine.registry import HOOKS, MODEL_WRAPPERS, MODELS, Registry
 
-from ..checkpoint import from_safe, to_safe
+from ..checkpoint import from_safe, rng_state, set_rng_state, to_safe
+from ..modules import HostInit, reset_attention_blocks
 from ..registry import BLOCKS, SCOPE, ConfigError, snake_name
 
 _REGISTERED: dict[str, type] = {}
 
 
 def openmmlab_class(name: str, cls: type) -> type:
-    """A subclass of `cls` whose constructor also takes `in_channels` (OpenMMLab's keyword)."""
+    """A subclass of `cls` whose constructor also takes `in_channels` (OpenMMLab's keyword). A block
+    with its own `in_channels` list (PyramidAttention: one width per input map) gets a list passed
+    through; `channels` then defaults to the target map's width."""
     if name in _REGISTERED:
         return _REGISTERED[name]
+    params = inspect.signature(cls.__init__).parameters
 
     def __init__(self, channels=None, *args, in_channels=None, **kwargs):
+        if 'in_channels' in params and isinstance(in_channels, (list, tuple)):
+            widths, in_channels = list(in_channels), None
+            kwargs['in_channels'] = widths
+            if channels is None and widths:
+                index = kwargs.get('target_index', params['target_index'].default if 'target_index' in params else 0)
+                channels = widths[index] if isinstance(index, int) and -len(widths) <= index < len(widths) else widths[0]
         if channels is None and in_channels is None:
             raise ConfigError(f"{name}: needs `channels` (or OpenMMLab's `in_channels`)")
         if channels is not None and in_channels is not None and channels != in_channels:
@@ -57,21 +70,73 @@ def inject_attention(module: dict, plugins: list, example_input=None):
         raise ConfigError("InjectAttention.module: expected a dict with 'type' (the model to build)")
     with MODELS.switch_scope_and_registry(None) as registry:
         built = registry.build(module)
-    return inject(built, plugins, example_input=example_input)
+    return restore_blocks_on_init(inject(built, plugins, example_input=example_input))
+
+
+class _InitThenResetBlocks:
+    """`init_weights` for a plain nn.Module between a mmengine BaseModule and injected blocks: the
+    module's own init_weights (if its class has one), then the blocks' own init. A module-level
+    class holding the module, so the model still pickles and deep-copies."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs) -> None:
+        own = getattr(type(self.module), 'init_weights', None)
+        if callable(own):
+            own(self.module, *args, **kwargs)
+        reset_attention_blocks(self.module)
+
+
+def restore_blocks_on_init(model):
+    """Make `model.init_weights()` (mmengine) end with the injected blocks' own init, in
+    mmengine's order: after the init_cfg of every BaseModule above a block, before their
+    `Pretrained` init_cfg (a checkpoint holding block weights still wins).
+
+    mmengine's `BaseModule.init_weights` applies its init_cfg to all submodules, then calls
+    `init_weights()` of each child that has one. A block (see `HostInit`) whose ancestors are all
+    BaseModules is reached that way. Below a plain nn.Module (a block `after:bn2` is a child of the
+    BN; a timm model) the chain stops: that module, the first plain one under a BaseModule, gets
+    an `init_weights` that also resets the blocks under it. Returns the model (idempotent)."""
+    from .timm import TimmBackbone
+    if isinstance(model, HostInit) or not isinstance(model, BaseModule):
+        return model        # no mmengine init_cfg above the blocks
+    for record in getattr(model, 'attn_plugins_report', []):
+        ancestors, module = [], model
+        for name in record.attr.split('.')[:-1]:
+            module = getattr(module, name)
+            ancestors.append(module)
+        for module in ancestors:
+            if isinstance(module, (HostInit, TimmBackbone)):
+                break       # resets its blocks itself
+            if not isinstance(module, BaseModule):
+                if not isinstance(module.__dict__.get('init_weights'), _InitThenResetBlocks):
+                    module.init_weights = _InitThenResetBlocks(module)
+                break
+    return model
 
 
 class SafeCheckpointHook(Hook):
-    """Write checkpoints that torch.load(weights_only=True) accepts, and read them back."""
+    """Write checkpoints that torch.load(weights_only=True) accepts, and read them back. Also
+    stores torch's random state, which a resumed run restores (see `checkpoint.rng_state`)."""
     priority = 'VERY_LOW'
+    _rng_state = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in ('message_hub', 'meta'):
             if key in checkpoint:
                 checkpoint[key] = to_safe(checkpoint[key])
+        checkpoint['rng_state'] = rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'message_hub' in checkpoint:
             checkpoint['message_hub'] = from_safe(checkpoint['message_hub'])
+        self._rng_state = checkpoint.get('rng_state')
+
+    def before_train(self, runner) -> None:
+        if self._rng_state is not None and runner.iter > 0:     # resumed, not just loaded weights
+            set_rng_state(self._rng_state)
+        self._rng_state = None
 
 
 class ProgressHook(Hook):

@@ -9,21 +9,27 @@
     PyramidAttentionHead  interaction-aware pyramid attention over several backbone stages
                           (in_index a list); the block's PCA loss is added to the decode losses
                           (through `auxiliary_losses`, so AuxiliaryLossHook never adds it twice).
+
+Also registered (mmseg's OPTIM_WRAPPER_CONSTRUCTORS): `TimmConvNeXtLayerDecayOptimizerConstructor`,
+mmseg's ConvNeXt learning-rate decay for a timm ConvNeXt in our TimmBackbone.
 """
 from __future__ import annotations
 
+import functools
+import re
 from typing import Sequence
 
 import torch
-from mmcv.cnn import ConvModule
+from mmcv.cnn import ConvModule, build_norm_layer
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.decode_heads.fcn_head import FCNHead
-from mmseg.registry import MODELS
+from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor
+from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmseg.utils import add_prefix
 
 from ..losses import auxiliary_losses
 from ..modules import ChannelAttention, NonLocal, PositionAttention, PyramidAttention
-from ..registry import HEADS
+from ..registry import HEADS, ConfigError
 from .mmengine import register_once
 
 
@@ -78,6 +84,9 @@ class DualAttentionHead(BaseDecodeHead):
 class NonLocalHead(FCNHead):
     """FCN head (two 3x3 convs) with a non-local block between them, as mmseg's NLHead.
 
+    `norm_cfg` (BN, SyncBN, GN, ...) is used by the convs and, as in NLHead, by the norm after the
+    block's W_z (weight 0 at init, so the block starts as the identity; none with norm_cfg=None).
+
     Args:
         reduction, use_scale, mode, sub_sample: NonLocal options (mode: any of the four).
     """
@@ -85,8 +94,9 @@ class NonLocalHead(FCNHead):
     def __init__(self, reduction: int = 2, use_scale: bool = True, mode: str = 'embedded_gaussian',
                  sub_sample: bool = False, chunk_elements: int = 1 << 24, **kwargs):
         super().__init__(num_convs=2, **kwargs)
+        norm_layer = functools.partial(_build_norm, dict(self.norm_cfg)) if self.norm_cfg is not None else None
         self.nl_block = NonLocal(self.channels, dim=2, mode=mode, reduction=reduction, use_scale=use_scale,
-                                 sub_sample=sub_sample, norm=self.norm_cfg is not None,
+                                 sub_sample=sub_sample, norm=self.norm_cfg is not None, norm_layer=norm_layer,
                                  chunk_elements=chunk_elements)
 
     def forward(self, inputs):
@@ -95,6 +105,11 @@ class NonLocalHead(FCNHead):
         if self.concat_input:
             out = self.conv_cat(torch.cat([x, out], dim=1))
         return self.cls_seg(out)
+
+
+def _build_norm(norm_cfg: dict, channels: int) -> torch.nn.Module:
+    """The norm layer of a mmcv `norm_cfg` for `channels` (a NonLocal `norm_layer`)."""
+    return build_norm_layer(norm_cfg, channels)[1]
 
 
 class PyramidAttentionHead(BaseDecodeHead):
@@ -135,7 +150,58 @@ class PyramidAttentionHead(BaseDecodeHead):
         return losses
 
 
+class _MMPretrainConvNeXtView:
+    """A segmentor as mmseg's lr-decay rules read it: parameters under mmpretrain ConvNeXt's names,
+    and a backbone whose class name says ConvNeXt (what mmseg dispatches on)."""
+
+    class ConvNeXt:
+        pass
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.backbone = model, self.ConvNeXt()
+
+    def named_parameters(self):
+        for name, param in self.model.named_parameters():
+            yield _mmpretrain_convnext_name(name), param
+
+
+# timm ConvNeXt features-model names (in TimmBackbone) -> mmpretrain ConvNeXt names
+_CONVNEXT_NAMES = ((re.compile(r'backbone\.timm_model\.stem_(\d+)\.(.+)'), r'backbone.downsample_layers.0.\1.\2'),
+                   (re.compile(r'backbone\.timm_model\.stages_(\d+)\.downsample\.(.+)'), r'backbone.downsample_layers.\1.\2'),
+                   (re.compile(r'backbone\.timm_model\.stages_(\d+)\.blocks\.(\d+)\.(.+)'), r'backbone.stages.\1.\2.\3'))
+
+
+def _mmpretrain_convnext_name(name: str) -> str:
+    for pattern, replacement in _CONVNEXT_NAMES:
+        if pattern.fullmatch(name):
+            return pattern.sub(replacement, name)
+    if name.startswith('backbone.'):
+        raise ConfigError(f"TimmConvNeXtLayerDecayOptimizerConstructor: backbone parameter {name!r} is not in the "
+                          "stem, a downsampling layer or a ConvNeXt block, so it has no place in the lr decay")
+    return name
+
+
+class TimmConvNeXtLayerDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
+    """mmseg's `LearningRateDecayOptimizerConstructor` (ConvNeXt lr decay, `decay_type` 'stage_wise'
+    or 'layer_wise'; no weight decay on 1-D parameters and biases) for a timm ConvNeXt in our
+    `TimmBackbone`. mmseg's rules read the parameter names of mmpretrain's ConvNeXt, so timm's are
+    mapped to them first (stem and `stages_N.downsample` -> `downsample_layers.N`,
+    `stages_N.blocks.M` -> `stages.N.M`; a block injected into a ConvNeXt block goes with it)."""
+
+    def add_params(self, params, module, **kwargs) -> None:
+        from .timm import TimmBackbone
+        backbone = getattr(module, 'backbone', None)
+        if not isinstance(backbone, TimmBackbone) or not backbone.model_name.split('.')[0].startswith('convnext'):
+            raise ConfigError("optim_wrapper.constructor TimmConvNeXtLayerDecayOptimizerConstructor: needs a model "
+                              "whose backbone is a TimmBackbone of a timm ConvNeXt (model_name 'convnext_*'), got "
+                              f"{getattr(backbone, 'model_name', type(backbone).__name__)!r}")
+        super().add_params(params, _MMPretrainConvNeXtView(module), **kwargs)
+
+
 def register_heads() -> None:
-    """Register the heads named in `attn_plugins.registry.HEADS` in mmseg's MODELS (idempotent)."""
+    """Register the heads named in `attn_plugins.registry.HEADS` in mmseg's MODELS, and the optimizer
+    constructor above (idempotent)."""
     for name in HEADS:
         register_once(MODELS, name, globals()[name])
+    register_once(OPTIM_WRAPPER_CONSTRUCTORS, TimmConvNeXtLayerDecayOptimizerConstructor.__name__,
+                  TimmConvNeXtLayerDecayOptimizerConstructor)

@@ -1,4 +1,5 @@
 """The attention blocks, pure PyTorch: one block per file, constructor `Block(channels, **options)`."""
+from ._helpers import HostInit, reset_attention_blocks
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .channel_attention import ChannelAttention
 from .dual_attention import DualAttention
@@ -10,4 +11,5 @@ from .se import SE
 from .spatial_weights import SpatialWeights
 
 __all__ = ['SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
-           'ChannelGate', 'SpatialGate', 'PyramidAttention', 'NonLocal', 'PayAttention']
+           'ChannelGate', 'SpatialGate', 'PyramidAttention', 'NonLocal', 'PayAttention', 'HostInit',
+           'reset_attention_blocks']

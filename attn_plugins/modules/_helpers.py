@@ -1,7 +1,7 @@
 """Small helpers shared by the blocks (pure PyTorch)."""
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -58,11 +58,24 @@ def create_act(act: Union[str, nn.Module, type, None]) -> nn.Module:
     return _module_from(act, _ACTS, 'act_layer')
 
 
+def records_attention(cls: type) -> type:
+    """Class decorator: declares the block's `attention_map` (the last recorded map, or None) with
+    a real type. TorchScript reads class annotations as types, and this package's annotations are
+    strings (`from __future__ import annotations`)."""
+    cls.__annotations__ = {**cls.__dict__.get('__annotations__', {}), 'attention_map': Optional[torch.Tensor]}
+    return cls
+
+
 def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3) -> None:
-    """Raise a clear error when `x` is not (B, channels, *spatial)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return
+    """Raise a clear error when `x` is not (B, channels, *spatial). Skipped while tracing
+    (torch.jit.trace, torch.fx); kept in TorchScript."""
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):
+            return
     if x.dim() < min_dim or x.shape[1] != channels:
+        if torch.jit.is_scripting():
+            raise ValueError(f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
+                             f"got {x.shape}; set `channels` to the input's channel count")
         raise ValueError(
             f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
             f"got {tuple(x.shape)}; set `channels` to the input's channel count")
@@ -89,6 +102,15 @@ def residual_add(x: torch.Tensor, scale: torch.Tensor, context: torch.Tensor) ->
     return context.mul_(scale).add_(x)
 
 
+def use_dense(num_queries: int, num_keys: int) -> bool:
+    """Whether a score matrix is small enough (or must be: tracing, ONNX export) to compute whole."""
+    if torch.jit.is_scripting():
+        dense = num_queries * num_keys <= (1 << 22)   # DENSE_LIMIT_ELEMENTS: TorchScript reads no globals
+    else:
+        dense = num_queries * num_keys <= DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing() or _exporting()
+    return dense
+
+
 def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """out = value @ softmax(scale * query @ key)ᵀ without materialising the full score matrix.
@@ -97,21 +119,23 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     the result reshapes to (B, Cv, *spatial) without a copy. The result equals the dense
     formula: each query row's softmax only needs that row, so queries are processed in chunks
     of `chunk_elements // Nk` rows, bounding the scores to one chunk at a time. Under autograd
-    each chunk is checkpointed, so the backward pass is memory-bounded as well.
+    each chunk is checkpointed, so the backward pass is memory-bounded as well (not in
+    TorchScript, which cannot script torch.utils.checkpoint: there training keeps every chunk's map).
     """
     batch, num_queries, _ = query.shape
     num_keys = key.shape[-1]
     if scale != 1.0:
         query = query * scale
-    if num_queries * num_keys <= DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing() or _exporting():
+    if use_dense(num_queries, num_keys):
         return _softmax_chunk(torch.bmm(query, key), value)
 
     chunk = max(1, chunk_elements // num_keys)
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     if needs_grad:
-        from torch.utils.checkpoint import checkpoint
-        pieces = [checkpoint(_dense_block, query[:, s:s + chunk], key, value, use_reentrant=False)
-                  for s in range(0, num_queries, chunk)]
+        if torch.jit.is_scripting():
+            pieces = [_dense_block(query[:, s:s + chunk], key, value) for s in range(0, num_queries, chunk)]
+        else:
+            pieces = _checkpointed_chunks(query, key, value, chunk)
         return torch.cat(pieces, dim=2)
     out = value.new_empty(batch, value.shape[1], num_queries)
     for start in range(0, num_queries, chunk):
@@ -120,19 +144,34 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out
 
 
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, chunk_elements: int,
+              record: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(`softmax_attention(...)`, None); with `record`, the dense formula and its detached
+    (B, Nq, Nk) map. Scriptable: blocks call it from forward and keep the map themselves."""
+    if not record:
+        return softmax_attention(query, key, value, scale, chunk_elements), None
+    attn = torch.softmax(scale * torch.bmm(query, key), dim=-1)
+    return torch.bmm(value, attn.transpose(1, 2)), attn.detach()
+
+
 def attend(block: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            scale: float = 1.0) -> torch.Tensor:
-    """`softmax_attention` with `block.chunk_elements`; while `block.record_attention` is set,
-    the dense formula instead, keeping the (B, Nq, Nk) map in `block.attention_map`."""
-    if not block.record_attention:
-        return softmax_attention(query, key, value, scale, block.chunk_elements)
-    attn = torch.softmax(scale * torch.bmm(query, key), dim=-1)
-    block.attention_map = attn.detach()
-    return torch.bmm(value, attn.transpose(1, 2))
+    """`attention` with `block.chunk_elements`; while `block.record_attention` is set, keeps the
+    map in `block.attention_map` (eager only: TorchScript cannot take a module argument)."""
+    out, attn = attention(query, key, value, scale, block.chunk_elements, block.record_attention)
+    if attn is not None:
+        block.attention_map = attn
+    return out
 
 
 def _dense_block(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return _softmax_chunk(torch.bmm(query, key), value)
+
+
+def _checkpointed_chunks(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, chunk: int):
+    from torch.utils.checkpoint import checkpoint
+    return [checkpoint(_dense_block, query[:, s:s + chunk], key, value, use_reentrant=False)
+            for s in range(0, query.shape[1], chunk)]
 
 
 def _exporting() -> bool:
@@ -154,3 +193,41 @@ def place(module: nn.Module, device=None, dtype=None) -> None:
     """Move a freshly built block to `device`/`dtype` (timm passes both to attention layers)."""
     if device is not None or dtype is not None:
         module.to(device=device, dtype=dtype)
+
+
+class HostInit:
+    """Hooks through which a host model gives a block back its own (paper) init after its own.
+
+    Hosts re-initialise every conv/BN they contain after construction, blocks included: timm's
+    ResNet kaiming-inits each nn.Conv2d, mmengine's `init_cfg` (e.g. Kaiming + BN weight 1) is
+    applied to every submodule. Each block defines `reset_parameters()`; the hosts call it through
+    their own post-init conventions:
+      - mmengine `BaseModule.init_weights` calls `init_weights()` of every child after the host's
+        init_cfg and before a `Pretrained` init_cfg (so a checkpoint with block weights still wins);
+      - timm ResNet and RegNet call `zero_init_last()` of every module after their conv init
+        (when built with zero_init_last=True, their default); timm ByobNet calls
+        `init_weights(zero_init_last=...)`.
+    Other hosts: `reset_attention_blocks(model)`, which `attn_plugins.create_model`, the `ap_*`
+    entrypoints and `TimmBackbone` call for you. Blocks injected below a plain module of a mmengine
+    model are out of mmengine's reach: `InjectAttention` links them (`restore_blocks_on_init`).
+    """
+
+    def reset_parameters(self) -> None:  # pragma: no cover - every block defines it
+        raise NotImplementedError
+
+    def init_weights(self, zero_init_last: bool = True) -> None:
+        """mmengine / timm ByobNet hook: restore this block's own init (`zero_init_last` is ignored)."""
+        self.reset_parameters()
+
+    def zero_init_last(self) -> None:
+        """timm ResNet / RegNet hook: restore this block's own init (zero-init blocks start as the identity)."""
+        self.reset_parameters()
+
+
+def reset_attention_blocks(model: nn.Module) -> int:
+    """Give every attention block in `model` its own init back (outermost blocks only: a block
+    resets its sub-blocks). Returns the number of blocks reset."""
+    if isinstance(model, HostInit):
+        model.reset_parameters()
+        return 1
+    return sum(reset_attention_blocks(child) for child in model.children())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels, create_act, create_gate, reduced_channels
+from ._helpers import records_attention, HostInit, place, check_channels, create_act, create_gate, reduced_channels
 
 
 class ChannelGate(nn.Module):
@@ -27,6 +27,10 @@ class ChannelGate(nn.Module):
         self.act = create_act(act_layer)
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias)
         self.gate = create_gate(gate)
+
+    def reset_parameters(self) -> None:
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -47,9 +51,17 @@ class SpatialGate(nn.Module):
         self.max_first = pool_order == 'max_mean'
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
         self.bn = nn.BatchNorm2d(1, momentum=norm_momentum) if norm else nn.Identity()
-        if norm and zero_init:
+        self.zero_init = norm and zero_init
+        if self.zero_init:
             nn.init.zeros_(self.bn.weight)
         self.gate = create_gate(gate)
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.bn.reset_parameters()
+            if self.zero_init:
+                nn.init.zeros_(self.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         max_map, mean_map = x.amax(1, keepdim=True), x.mean(1, keepdim=True)
@@ -57,7 +69,8 @@ class SpatialGate(nn.Module):
         return self.gate(self.bn(self.conv(pooled)))
 
 
-class CBAM(nn.Module):
+@records_attention
+class CBAM(HostInit, nn.Module):
     """Channel gate, then spatial gate.
 
     Args:
@@ -84,6 +97,12 @@ class CBAM(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
         place(self, device, dtype)
+
+    def reset_parameters(self) -> None:
+        """The init of a new block: PyTorch's default for the convs, spatial BN weight 0 (authors')."""
+        self.channel_gate.reset_parameters()
+        if self.spatial_gate is not None:
+            self.spatial_gate.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('CBAM', x, self.channels, min_dim=4)

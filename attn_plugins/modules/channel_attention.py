@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, residual_add, check_channels
+from ._helpers import records_attention, HostInit, place, residual_add, check_channels
 
 
-class ChannelAttention(nn.Module):
+@records_attention
+class ChannelAttention(HostInit, nn.Module):
     """Channel self-attention, added to the input with a learned scale β (0 at init).
 
     Args:
@@ -28,6 +29,10 @@ class ChannelAttention(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
         place(self, device, dtype)
+
+    def reset_parameters(self) -> None:
+        """β = 0: a new block is the identity."""
+        nn.init.zeros_(self.gamma)
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """X A reshaped to x's shape: the attention output before β and the residual."""

@@ -12,12 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS
+from ._helpers import HostInit, place, DEFAULT_CHUNK_ELEMENTS
 from .channel_attention import ChannelAttention
 from .position_attention import PositionAttention
 
 
-class DualAttention(nn.Module):
+class DualAttention(HostInit, nn.Module):
     """Sum of DANet's position and channel attention on one feature map.
 
     Args:
@@ -34,6 +34,11 @@ class DualAttention(nn.Module):
         self.pam = PositionAttention(channels, reduction, qk_channels, chunk_elements=chunk_elements)
         self.cam = ChannelAttention(channels)
         place(self, device, dtype)
+
+    def reset_parameters(self) -> None:
+        """Both branches' init: γ = β = 0 (the identity)."""
+        self.pam.reset_parameters()
+        self.cam.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pam.gamma * self.pam.context(x) + self.cam.gamma * self.cam.context(x)

@@ -20,21 +20,23 @@ N x N map either.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _helpers
-from ._helpers import place, DEFAULT_CHUNK_ELEMENTS, attend, check_channels
+from ._helpers import records_attention, HostInit, place, DEFAULT_CHUNK_ELEMENTS, attention, check_channels
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOL_KERNEL = {1: (2,), 2: (2, 2), 3: (1, 2, 2)}
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
-class NonLocal(nn.Module):
+@records_attention
+class NonLocal(HostInit, nn.Module):
     """Non-local block for sequences (dim=1), images (dim=2) or videos (dim=3).
 
     Args:
@@ -46,12 +48,15 @@ class NonLocal(nn.Module):
         use_scale: scale embedded_gaussian energies by inter_channels^-0.5.
         sub_sample: max-pool the φ and g paths.
         norm: BN after W_z (paper: True; its γ starts at 0). Without it W_z starts at 0.
+        norm_layer: the norm after W_z instead of BN: a callable taking the channel count, e.g.
+            nn.SyncBatchNorm or functools.partial(nn.GroupNorm, 32). Its weight starts at 0 too.
+        init_std: std of the θ, φ, g weights at init (authors: 0.01).
         chunk_elements: memory bound (score elements per chunk and sample).
     """
 
     def __init__(self, channels: int, dim: int = 2, mode: str = 'embedded_gaussian', reduction: int = 2,
                  inter_channels: int | None = None, use_scale: bool = True, sub_sample: bool = False,
-                 norm: bool = True, init_std: float = 0.01, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
+                 norm: bool = True, norm_layer=None, init_std: float = 0.01, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -62,25 +67,40 @@ class NonLocal(nn.Module):
         self.inter_channels = inter_channels or max(channels // reduction, 1)
         self.use_scale, self.sub_sample = use_scale, sub_sample
         self.chunk_elements = chunk_elements
+        self.pool_kernel = list(_POOL_KERNEL[dim])
         self.g = conv(channels, self.inter_channels, 1)
-        if mode != 'gaussian':
-            self.theta = conv(channels, self.inter_channels, 1)
-            self.phi = conv(channels, self.inter_channels, 1)
-        if mode == 'concatenation':
-            self.concat_project = nn.Conv2d(2 * self.inter_channels, 1, 1, bias=False)
+        # a layer a mode does not use is None (TorchScript compiles only the branches it needs)
+        self.theta = conv(channels, self.inter_channels, 1) if mode != 'gaussian' else None
+        self.phi = conv(channels, self.inter_channels, 1) if mode != 'gaussian' else None
+        self.concat_project = (nn.Conv2d(2 * self.inter_channels, 1, 1, bias=False)
+                               if mode == 'concatenation' else None)
         self.out_conv = conv(self.inter_channels, channels, 1, bias=not norm)
-        self.out_norm = _BN[dim](channels) if norm else nn.Identity()
+        if norm_layer is not None and not (norm and callable(norm_layer)):
+            raise ValueError(f"norm_layer: expected a callable building the norm from the channel count "
+                             f"(with norm=True), got {norm_layer!r} with norm={norm!r}")
+        self.out_norm = (norm_layer or _BN[dim])(channels) if norm else nn.Identity()
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-        self.reset_parameters(init_std)
+        self.init_std = init_std
+        self._init_parameters(defaults_fresh=True)
         place(self, device, dtype)
 
-    def reset_parameters(self, init_std: float = 0.01) -> None:
-        for name in ('g', 'theta', 'phi'):
-            if hasattr(self, name):
-                nn.init.normal_(getattr(self, name).weight, std=init_std)
-                nn.init.zeros_(getattr(self, name).bias)
-        zero = self.out_norm if isinstance(self.out_norm, nn.modules.batchnorm._BatchNorm) else self.out_conv
+    def reset_parameters(self) -> None:
+        """The authors' init: θ, φ, g weights ~ N(0, init_std²), zero biases; the norm after W_z
+        (W_z itself without an affine norm) starts at 0, so a new block is the identity; the other
+        convs get PyTorch's default."""
+        self._init_parameters(defaults_fresh=False)
+
+    def _init_parameters(self, defaults_fresh: bool) -> None:
+        for conv in (self.g, self.theta, self.phi):
+            if conv is not None:
+                nn.init.normal_(conv.weight, std=self.init_std)
+                nn.init.zeros_(conv.bias)
+        if not defaults_fresh:      # in the constructor they have PyTorch's default already (no second draw)
+            for layer in (self.concat_project, self.out_conv, self.out_norm):
+                if hasattr(layer, 'reset_parameters'):
+                    layer.reset_parameters()
+        zero = self.out_norm if getattr(self.out_norm, 'weight', None) is not None else self.out_conv
         nn.init.zeros_(zero.weight)
         if zero.bias is not None:
             nn.init.zeros_(zero.bias)
@@ -89,24 +109,31 @@ class NonLocal(nn.Module):
         """Max-pool sub-sampling of the φ/g paths; the kernel shrinks on dims smaller than it."""
         if not self.sub_sample:
             return x
-        kernel = tuple(min(k, s) for k, s in zip(_POOL_KERNEL[self.dim], x.shape[2:]))
-        return _MAX_POOL[self.dim](x, kernel, kernel)
+        kernel = [min(k, s) for k, s in zip(self.pool_kernel, x.shape[2:])]
+        if self.dim == 1:
+            return F.max_pool1d(x, kernel, kernel)
+        if self.dim == 2:
+            return F.max_pool2d(x, kernel, kernel)
+        return F.max_pool3d(x, kernel, kernel)
 
     def _pairwise(self, x: torch.Tensor):
         """Query features (B, N, ·) and key features (B, ·, Nk) of the pairwise function."""
-        if self.mode == 'gaussian':
+        if self.theta is None or self.phi is None:     # gaussian: the input itself
             return x.flatten(2).transpose(1, 2), self.pool(x).flatten(2)
         return self.theta(x).flatten(2).transpose(1, 2), self.pool(self.phi(x)).flatten(2)
 
     def _softmax_scale(self, query: torch.Tensor) -> float:
         return query.shape[-1] ** -0.5 if self.use_scale and self.mode == 'embedded_gaussian' else 1.0
 
-    def _concat_terms(self, query: torch.Tensor, key: torch.Tensor):
+    def _concat_terms(self, query: torch.Tensor, key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """wᵀ[θ_i; φ_j] = a_i + b_j: a (B, N) from the θ half of w, b (B, Nk) from the φ half."""
-        weight = self.concat_project.weight.flatten()
-        a = query @ weight[:self.inter_channels]
-        b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
-        return a, b
+        if self.concat_project is None:
+            raise RuntimeError("NonLocal: only mode 'concatenation' has concatenation terms")
+        else:
+            weight = self.concat_project.weight.flatten()
+            a = query @ weight[:self.inter_channels]
+            b = torch.einsum('bck,c->bk', key, weight[self.inter_channels:])
+            return a, b
 
     def _dense_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """f(x_i, x_j) / C(x) of the dot_product and concatenation modes, (B, N, Nk)."""
@@ -120,8 +147,11 @@ class NonLocal(nn.Module):
         check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
         query, key = self._pairwise(x)
         value = self.pool(self.g(x)).flatten(2)                          # B, Ci, Nk
-        if self.mode in ('gaussian', 'embedded_gaussian'):
-            y = attend(self, query, key, value, self._softmax_scale(query))
+        if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
+            y, attn = attention(query, key, value, self._softmax_scale(query), self.chunk_elements,
+                                self.record_attention)
+            if attn is not None:
+                self.attention_map = attn
         elif self.record_attention:
             weights = self._dense_weights(query, key)
             self.attention_map = weights.detach()
@@ -131,25 +161,31 @@ class NonLocal(nn.Module):
             y = torch.bmm(torch.bmm(value, key.transpose(1, 2)), query.transpose(1, 2)) / key.shape[-1]
         else:
             y = self._concat_context(query, key, value)
-        return y.view(x.shape[0], self.inter_channels, *x.shape[2:])           # y is (B, Ci, N)
+        return y.unflatten(2, x.shape[2:])                               # y is (B, Ci, N)
 
     def _concat_context(self, query, key, value):
         num_queries, num_keys = query.shape[1], key.shape[-1]
-        if num_queries * num_keys <= _helpers.DENSE_LIMIT_ELEMENTS or torch.jit.is_tracing():
+        if _helpers.use_dense(num_queries, num_keys):
             return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
         a, b = self._concat_terms(query, key)
         chunk = max(1, self.chunk_elements // num_keys)
-        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or value.requires_grad):
+        if torch.jit.is_scripting():   # TorchScript cannot script checkpoint: chunks only
+            pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
+        elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or value.requires_grad):
             # as the softmax modes: each chunk's (Nk x chunk) map is recomputed in backward, not saved
-            from torch.utils.checkpoint import checkpoint
-            pieces = [checkpoint(_concat_chunk, a[:, s:s + chunk], b, value, use_reentrant=False)
-                      for s in range(0, num_queries, chunk)]
+            pieces = _checkpointed_concat_chunks(a, b, value, chunk)
         else:
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         return torch.cat(pieces, dim=2) / num_keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out_norm(self.out_conv(self.context(x)))
+
+
+def _checkpointed_concat_chunks(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor, chunk: int):
+    from torch.utils.checkpoint import checkpoint
+    return [checkpoint(_concat_chunk, a[:, s:s + chunk], b, value, use_reentrant=False)
+            for s in range(0, a.shape[1], chunk)]
 
 
 def _concat_chunk(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels
+from ._helpers import records_attention, HostInit, place, check_channels
 
 
-class PayAttention(nn.Module):
+@records_attention
+class PayAttention(HostInit, nn.Module):
     """Attention of a local feature map against a global feature vector.
 
     Args:
@@ -45,11 +46,20 @@ class PayAttention(nn.Module):
         self.attention_map: torch.Tensor | None = None
         place(self, device, dtype)
 
+    def reset_parameters(self) -> None:
+        """The init of a new block: PyTorch's default for the projection and u."""
+        for conv in (self.project, self.u):
+            if isinstance(conv, nn.Conv2d):
+                conv.reset_parameters()
+
     def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
         check_channels('PayAttention', local, self.channels, min_dim=4)
-        if not torch.jit.is_tracing() and (global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels):
+        tracing = False
+        if not torch.jit.is_scripting():
+            tracing = torch.jit.is_tracing() or isinstance(global_feat, torch.fx.Proxy)
+        if not tracing and (global_feat.dim() != 2 or global_feat.shape[1] != self.global_channels):
             raise ValueError(f"PayAttention: global feature must be (B, {self.global_channels}), "
-                             f"got {tuple(global_feat.shape)}")
+                             f"got {list(global_feat.shape)}")
         batch, _, height, width = local.shape
         projected = self.project(local)
         g = global_feat[:, :, None, None]

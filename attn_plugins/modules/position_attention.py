@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, residual_add, DEFAULT_CHUNK_ELEMENTS, attend, check_channels
+from ._helpers import records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention, check_channels
 
 
-class PositionAttention(nn.Module):
+@records_attention
+class PositionAttention(HostInit, nn.Module):
     """Self-attention over all positions, added to the input with a learned scale γ (0 at init).
 
     Args:
@@ -41,13 +42,22 @@ class PositionAttention(nn.Module):
         self.attention_map: torch.Tensor | None = None
         place(self, device, dtype)
 
+    def reset_parameters(self) -> None:
+        """The init of a new block: PyTorch's default for the convs, γ = 0 (the identity)."""
+        for conv in (self.query, self.key, self.value):
+            conv.reset_parameters()
+        nn.init.zeros_(self.gamma)
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=4)
         query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
         key = self.key(x).flatten(2)                          # B, Ck, N
         value = self.value(x).flatten(2)                      # B, C, N
-        return attend(self, query, key, value, self.scale).view_as(x)
+        out, attn = attention(query, key, value, self.scale, self.chunk_elements, self.record_attention)
+        if attn is not None:
+            self.attention_map = attn
+        return out.view_as(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return residual_add(x, self.gamma, self.context(x))

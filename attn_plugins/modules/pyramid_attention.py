@@ -54,12 +54,13 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._helpers import place, residual_add, resize_to
+from ._helpers import records_attention, HostInit, place, residual_add, resize_to
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
-class PyramidAttention(nn.Module):
+@records_attention
+class PyramidAttention(HostInit, nn.Module):
     """Interaction-aware pyramid attention over a list of feature maps.
 
     Args:

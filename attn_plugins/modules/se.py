@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels, create_act, create_gate, reduced_channels
+from ._helpers import records_attention, HostInit, place, check_channels, create_act, create_gate, reduced_channels
 
 
-class SE(nn.Module):
+@records_attention
+class SE(HostInit, nn.Module):
     """Channel gate from globally pooled features.
 
     Args:
@@ -38,6 +39,11 @@ class SE(nn.Module):
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
         place(self, device, dtype)
+
+    def reset_parameters(self) -> None:
+        """The init of a new block: PyTorch's default for both convs."""
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('SE', x, self.channels, min_dim=4)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import place, check_channels, create_act
+from ._helpers import records_attention, HostInit, place, check_channels, create_act
 
 
-class SpatialWeights(nn.Module):
+@records_attention
+class SpatialWeights(HostInit, nn.Module):
     """Spatial weights: one learned H x W map multiplies every channel.
 
     Args:
@@ -35,14 +36,16 @@ class SpatialWeights(nn.Module):
         self.act1, self.act2, self.act3 = create_act(act_layer), create_act(act_layer), create_act(act_layer)
         self.record_attention = False
         self.attention_map: torch.Tensor | None = None
-        self.reset_parameters(init_bias)
+        self.init_bias = init_bias
+        self.reset_parameters()
         place(self, device, dtype)
 
-    def reset_parameters(self, init_bias: float = 1.0) -> None:
+    def reset_parameters(self) -> None:
+        """The paper's init: N(0, 0.01²), N(0, 0.01²), N(0, 0.001²) weights, last bias `init_bias`."""
         for conv, std in ((self.conv1, 0.01), (self.conv2, 0.01), (self.conv3, 0.001)):
             nn.init.normal_(conv.weight, std=std)
             nn.init.zeros_(conv.bias)
-        nn.init.constant_(self.conv3.bias, init_bias)
+        nn.init.constant_(self.conv3.bias, self.init_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_channels('SpatialWeights', x, self.channels, min_dim=4)
