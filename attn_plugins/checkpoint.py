@@ -11,6 +11,7 @@ in other checkpoints are allow-listed; anything else is still refused.
 from __future__ import annotations
 
 import os
+import pickle
 
 import torch
 
@@ -62,11 +63,71 @@ def from_safe(obj):
     return obj
 
 
-def load_state_dict_file(path: str) -> dict:
-    """A checkpoint's model state dict, loaded with weights_only=True."""
+def rng_state() -> dict:
+    """torch's random states (CPU, and CUDA once initialised), stored in checkpoints so that a
+    resumed run draws the dropout and drop-path masks the uninterrupted run would have. numpy's
+    and Python's states need no saving: on resume mmengine replays the data pipeline up to the
+    resumed iteration, which draws from them exactly as the first run did."""
+    state = {'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Undo `rng_state` (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def load_checkpoint_file(path: str):
+    """A whole checkpoint, loaded with weights_only=True. A path that is missing, not a file or
+    not a checkpoint torch can read safely raises ConfigError with one line naming it."""
+    from .registry import ConfigError
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint {path!r} not found")
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} is not a file")
     allow_mmengine_checkpoints()
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False, which would run the file's code
+        reason = str(err).rpartition('WeightsUnpickler error:')[2].strip().splitlines()[0]
+        if 'Unsupported global' in reason:
+            raise ConfigError(f"checkpoint {path!r} holds Python objects that the safe loader refuses "
+                              f"({reason}); only a file from a source you trust should load them") from None
+        raise ConfigError(f"checkpoint {path!r} is not a PyTorch checkpoint ({reason})") from None
+    except Exception as err:     # not a zip, truncated, empty, text (the unpickler fails in many ways)
+        reason = (str(err).strip().splitlines() or [''])[0]
+        raise ConfigError(f"checkpoint {path!r} is not a PyTorch checkpoint ({type(err).__name__}: {reason})") from None
+
+
+def load_state_dict_file(path: str) -> dict:
+    """A checkpoint's model state dict, loaded with weights_only=True (see load_checkpoint_file)."""
+    ckpt = load_checkpoint_file(path)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        from .registry import ConfigError
+        raise ConfigError(f"checkpoint {path!r} holds no model state dict (a dict, optionally under "
+                          f"'state_dict'), but a {type(state).__name__}")
+    return state
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: dict, shown: int = 3) -> str | None:
+    """How `state` (a checkpoint's state dict; a DDP 'module.' prefix is ignored, as mmengine
+    does) fails to fill `model`: missing keys, unexpected keys, other shapes; None if it fits."""
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:shown])})"
+             for keys, what in ((missing, 'model keys missing'), (unexpected, 'unexpected keys'),
+                                (shapes, 'with another shape (checkpoint vs model)')) if keys]
+    return '; '.join(parts) or None
 
 
 def convert_checkpoint_file(path: str, work_dir: str) -> str:

@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
-from .checkpoint import allow_mmengine_checkpoints, convert_checkpoint_file
+from .checkpoint import (allow_mmengine_checkpoints, convert_checkpoint_file, load_checkpoint_file,
+                         load_state_dict_file, state_dict_mismatch)
 from .config import load_config
+from .registry import ConfigError
 
 
 def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
                  launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None,
-                 progress_interval: int | None = None, trust_config: bool = False):
+                 progress_interval: int | None = None, trust_config: bool = False,
+                 allow_partial_checkpoint: bool = False):
     """An mmengine Runner for `config` (YAML loaded safely), ready to train() or test().
 
     resume: None, 'auto' (latest checkpoint in the work dir) or a checkpoint path.
-    load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted.
+    load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted. Keys
+        missing from it, unexpected or of another shape are a ConfigError unless
+        allow_partial_checkpoint (then mmengine loads what fits and logs the rest).
     progress_interval: print a progress line every this many iterations (ProgressHook).
     trust_config: lift load_config's YAML limits (.py bases, custom_imports, ...): the config may run code.
     """
@@ -24,9 +30,11 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
     cfg.launcher = launcher
     name = os.path.splitext(os.path.basename(config))[0]
     cfg.work_dir = work_dir or cfg.get('work_dir') or os.path.join('work_dirs', name)
+    if os.path.exists(cfg.work_dir) and not os.path.isdir(cfg.work_dir):
+        raise ConfigError(f"work dir {cfg.work_dir!r} exists and is not a directory")
     if resume is not None:
         cfg.resume = True
-        cfg.load_from = None if resume == 'auto' else resume
+        cfg.load_from = _resume_checkpoint(resume, cfg.work_dir)
     if load_from is not None:
         cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
     hooks = list(cfg.get('custom_hooks') or [])
@@ -39,7 +47,6 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
     if amp:
         import torch
         if not torch.cuda.is_available():
-            from .registry import ConfigError
             raise ConfigError("--amp: mmengine's AmpOptimWrapper trains on a GPU only (cuda/npu/mlu/musa); "
                               "on the CPU train in fp32")
         cfg.optim_wrapper = dict(cfg.optim_wrapper, type='AmpOptimWrapper', dtype='bfloat16')
@@ -52,7 +59,55 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         from mmengine.config import Config
         cfg.experiment_name = cfg.get('experiment_name') or name     # mmengine derives it from the filename
         cfg = Config(cfg.to_dict())
-    return Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)
+    if load_from is not None and not allow_partial_checkpoint:
+        from mmengine.model import is_model_wrapper
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        mismatch = state_dict_mismatch(model, load_state_dict_file(cfg.load_from))
+        if mismatch:
+            raise ConfigError(f"checkpoint {load_from!r} does not fit the model of {config}: {mismatch}; "
+                              "pass --allow-partial-checkpoint to load only what fits")
+    return runner
+
+
+def _resume_checkpoint(resume: str, work_dir: str) -> str:
+    """The checkpoint to resume from: `resume` itself, or for 'auto' the latest in `work_dir`
+    (mmengine's `last_checkpoint` record); nothing to resume is an error, not a fresh start."""
+    if resume == 'auto':
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(work_dir) if os.path.isdir(work_dir) else None
+        if not latest:
+            raise ConfigError(f"--resume: no checkpoint to resume in {work_dir!r} (no last_checkpoint record); "
+                              "pass a checkpoint path, or train without --resume to start from scratch")
+        resume = latest
+    load_checkpoint_file(resume)          # a clear error now, not one deep in the Runner
+    return resume
+
+
+USER_ERRORS = (ConfigError, OSError)
+
+
+def run_tool(prog: str, fn, *args, **kwargs) -> int:
+    """Run a tool's `fn`; a user error (bad config, missing or unreadable file, ...) prints one
+    line on stderr and returns 2 instead of a traceback. Ends any distributed process group (after
+    a failure without waiting for the other ranks: they may never get there)."""
+    try:
+        status = fn(*args, **kwargs)
+    except USER_ERRORS as err:
+        _destroy_process_group()
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except BaseException:
+        _destroy_process_group()
+        raise
+    shutdown_distributed()
+    return status
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shutdown_distributed() -> None:

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """The main job: train an attention-injected segmentation model from a YAML config, on CPU.
 
-    python tools/demo.py [--iters 1500] [--work-dir work_dirs/demo]
+    python tools/demo.py [--iters 1500] [--work-dir work_dirs/demo] [--data-root data/toy_cityscapes]
 
-1. writes the toy Cityscapes dataset (tools/make_toy_cityscapes.py) if it is missing;
+Relative paths are taken from the current directory (`make demo` runs in the repository root).
+
+1. writes the toy Cityscapes dataset (tools/make_toy_cityscapes.py) to --data-root if it is missing;
 2. trains configs/seg/toy/cbam_danet_r50-d8_toy.yaml (ResNet-50-D8 at 1/4 width with CBAM in
    every bottleneck, our DANet head) with mmengine's Runner for `--iters` iterations;
 3. evaluates the final checkpoint with mmseg's IoUMetric (tools/test.py's path);
@@ -17,12 +19,13 @@ import json
 import os
 import sys
 import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')   # mmengine's import, not ours
 
-CONFIG = 'configs/seg/toy/cbam_danet_r50-d8_toy.yaml'
-DATA = 'data/toy_cityscapes'
+CONFIG = os.path.join(ROOT, 'configs', 'seg', 'toy', 'cbam_danet_r50-d8_toy.yaml')
 
 
 def attention_pictures(model, dataset, out_dir: str, count: int = 3) -> list[str]:
@@ -83,17 +86,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--iters', type=int, default=1500, help='training iterations (~0.07 s each on 2 cores)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    args = parser.parse_args(argv)
-    os.chdir(ROOT)
+    parser.add_argument('--data-root', default='data/toy_cityscapes',
+                        help='the toy dataset (written there if missing)')
+    from attn_plugins.runner import run_tool
+    return run_tool('demo.py', demo, parser.parse_args(argv))
+
+
+def demo(args) -> int:
     from attn_plugins.runner import build_runner
     from tools.make_toy_cityscapes import main as make_data
 
-    if not os.path.isdir(os.path.join(DATA, 'gtFine')):
-        make_data(['--out', DATA])
+    if not os.path.isdir(os.path.join(args.data_root, 'gtFine')):
+        make_data(['--out', args.data_root])
     iters = args.iters
-    options = [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}', f'param_scheduler.0.end={iters}',
-               f'default_hooks.checkpoint.interval={iters}', 'log_level=WARNING']
-    print(f"[demo] training {CONFIG} for {iters} iterations on the CPU (work dir {args.work_dir}) ...", flush=True)
+    options = [f'{loader}.dataset.data_root={args.data_root}' for loader in
+               ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}', f'param_scheduler.0.end={iters}',
+                f'default_hooks.checkpoint.interval={iters}', 'log_level=WARNING']
+    config = os.path.relpath(CONFIG)
+    print(f"[demo] training {config} for {iters} iterations on the CPU (work dir {args.work_dir}) ...", flush=True)
     start = time.time()
     runner = build_runner(CONFIG, work_dir=args.work_dir, cfg_options=options, progress_interval=max(iters // 15, 1))
     runner.train()
@@ -101,7 +112,7 @@ def main(argv=None) -> int:
     print(f"[demo] trained in {train_s:.0f} s; evaluating the last checkpoint ...", flush=True)
     metrics = {k: float(v) for k, v in runner.test().items()}
     os.makedirs(args.work_dir, exist_ok=True)
-    report = dict(config=CONFIG, iterations=iters, train_seconds=round(train_s, 1), metrics=metrics,
+    report = dict(config=config, iterations=iters, train_seconds=round(train_s, 1), metrics=metrics,
                   checkpoint=os.path.join(args.work_dir, f'iter_{iters}.pth'))
     with open(os.path.join(args.work_dir, 'metrics.json'), 'w') as f:
         json.dump(report, f, indent=2)

@@ -5,9 +5,12 @@
     gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   (19 train ids, 255 ignore)
 
 Scenes have a street layout (sky, buildings, road, sidewalk) with objects (cars, people,
-poles, signs, vegetation, ...), each class drawn with its own colour and texture and a
-one-pixel ignore border around objects, so mmseg's CityscapesDataset, its pipeline and
-IoUMetric run unchanged and a small model can learn the classes.
+poles, signs, vegetation, trains, two-wheelers with riders, ...), each class drawn with its own
+colour and texture and a one-pixel ignore border around objects, so mmseg's CityscapesDataset,
+its pipeline and IoUMetric run unchanged and a small model can learn the classes. All 19
+classes are drawn: the rarer ones appear at random and each image also features two of them
+in turn, so every split of at least 5 images holds all 19 (an absent class would make its IoU
+NaN or 0 and bias mIoU).
 
     python tools/make_toy_cityscapes.py --out data/toy_cityscapes --train 24 --val 8 --size 128 256
 """
@@ -28,6 +31,8 @@ PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 
            (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
            (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
 CITIES = {'train': ['aachen', 'bremen', 'jena'], 'val': ['frankfurt', 'lindau']}
+# classes not in every street scene; each image features two of them in turn (see make_scene)
+FEATURED = [WALL, TRAIN, MOTORCYCLE, BICYCLE, TRUCK, BUS, RIDER, FENCE, TERRAIN, VEGETATION]
 
 
 def _texture(rng, h, w, kind: int) -> np.ndarray:
@@ -43,7 +48,13 @@ def _texture(rng, h, w, kind: int) -> np.ndarray:
     return cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), 3) * 3
 
 
-def make_scene(rng: np.random.RandomState, h: int, w: int):
+def make_scene(rng: np.random.RandomState, h: int, w: int, featured=()):
+    """One street scene: (RGB image, train-id label). Classes in `featured` are always drawn."""
+    featured = set(featured)
+
+    def want(cls: int, p: float) -> bool:
+        return cls in featured or rng.rand() < p
+
     label = np.full((h, w), ROAD, np.uint8)
     horizon = int(h * rng.uniform(0.35, 0.5))
     label[:horizon] = SKY
@@ -52,22 +63,49 @@ def make_scene(rng: np.random.RandomState, h: int, w: int):
         label[top:horizon, i * w // 8:(i + 1) * w // 8] = BUILDING
     walk = int(horizon + (h - horizon) * rng.uniform(0.15, 0.3))
     label[horizon:walk] = SIDEWALK
-    if rng.rand() < 0.6:                                             # vegetation blobs
+    if want(VEGETATION, 0.6):                                        # vegetation blobs
         for _ in range(rng.randint(1, 3)):
             cx, cy, r = rng.randint(0, w), rng.randint(horizon // 2, horizon), rng.randint(h // 12, h // 6)
             cv2.circle(label, (cx, cy), r, VEGETATION, -1)
-    if rng.rand() < 0.5:
-        label[walk - 3:walk, :] = TERRAIN if rng.rand() < 0.5 else FENCE
+    if want(WALL, 0.35):                                             # low wall in front of the buildings
+        ww, wh = rng.randint(w // 6, w // 3), rng.randint(h // 16 + 2, h // 8 + 3)
+        x0 = rng.randint(0, w - ww)
+        label[horizon - wh:horizon, x0:x0 + ww] = WALL
+    if want(FENCE, 0.3):                                             # fence along the back of the sidewalk
+        fw = rng.randint(w // 4, w // 2)
+        x0 = rng.randint(0, w - fw)
+        label[horizon:horizon + 4, x0:x0 + fw] = FENCE
+    if want(TERRAIN, 0.3):                                           # grass verge between sidewalk and road
+        label[walk - 4:walk, :] = TERRAIN
     objects = []
-    for _ in range(rng.randint(2, 6)):                               # cars on the road
+    if want(TRAIN, 0.2):                                             # a tram on the far side of the road
+        tw, th = rng.randint(2 * w // 5, 7 * w // 10), rng.randint(h // 6, h // 4)
+        x0, y1 = rng.randint(0, w - tw), rng.randint(walk + 2, walk + max(3, (h - walk) // 3))
+        objects.append(('rect', TRAIN, (x0, max(0, y1 - th), x0 + tw, y1)))
+    vehicles = [CAR if rng.rand() < 0.7 else (TRUCK if rng.rand() < 0.5 else BUS) for _ in range(rng.randint(2, 6))]
+    vehicles += [cls for cls in (TRUCK, BUS) if cls in featured and cls not in vehicles]
+    for cls in vehicles:                                             # cars, trucks, buses on the road
         cw, ch = rng.randint(w // 10, w // 5), rng.randint(h // 12, h // 6)
         x0, y0 = rng.randint(0, w - cw), rng.randint(walk, h - ch)
-        cls = CAR if rng.rand() < 0.7 else (TRUCK if rng.rand() < 0.5 else BUS)
         objects.append(('rect', cls, (x0, y0, x0 + cw, y0 + ch)))
-    for _ in range(rng.randint(1, 4)):                               # people on the sidewalk
+    riders = 0
+    for cls in (MOTORCYCLE, BICYCLE):                                # two-wheelers, most with a rider
+        if not want(cls, 0.3):
+            continue
+        bw, bh = rng.randint(w // 25 + 3, w // 12 + 4), rng.randint(h // 16 + 3, h // 10 + 4)
+        x0, y0 = rng.randint(0, w - bw), rng.randint(walk, h - bh)
+        objects.append(('ellipse' if cls == BICYCLE else 'rect', cls, (x0, y0, x0 + bw, y0 + bh)))
+        if rng.rand() < 0.7:
+            rh = int(bh * rng.uniform(1.2, 1.8))
+            objects.append(('ellipse', RIDER, (x0 + bw // 4, max(0, y0 - rh), x0 + 3 * bw // 4 + 1, y0 + 2)))
+            riders += 1
+    people = [PERSON if rng.rand() < 0.8 else RIDER for _ in range(rng.randint(1, 4))]
+    if RIDER in featured and not riders and RIDER not in people:
+        people.append(RIDER)
+    for cls in people:                                               # people on the sidewalk
         pw, ph = rng.randint(3, max(4, w // 40)), rng.randint(h // 10, h // 5)
         x0, y0 = rng.randint(0, w - pw), max(0, walk - ph + rng.randint(0, 4))
-        objects.append(('ellipse', PERSON if rng.rand() < 0.8 else RIDER, (x0, y0, x0 + pw, y0 + ph)))
+        objects.append(('ellipse', cls, (x0, y0, x0 + pw, y0 + ph)))
     for _ in range(rng.randint(1, 3)):                               # poles with signs or lights
         x0 = rng.randint(0, w - 2)
         top = rng.randint(horizon // 3, horizon)
@@ -100,7 +138,8 @@ def write_split(out: str, split: str, count: int, size, rng) -> None:
     for i in range(count):
         city = cities[i % len(cities)]
         stem = f"{city}_{i // len(cities):06d}_{19 + i:06d}"
-        image, gt = make_scene(rng, h, w)
+        featured = (FEATURED[2 * i % len(FEATURED)], FEATURED[(2 * i + 1) % len(FEATURED)])
+        image, gt = make_scene(rng, h, w, featured)
         img_dir = os.path.join(out, 'leftImg8bit', split, city)
         gt_dir = os.path.join(out, 'gtFine', split, city)
         os.makedirs(img_dir, exist_ok=True)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')   # mmengine's import, not ours
 
-from attn_plugins.runner import build_runner, shutdown_distributed  # noqa: E402
+from attn_plugins.runner import build_runner, run_tool  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -22,7 +24,8 @@ def parse_args(argv=None):
     parser.add_argument('config')
     parser.add_argument('--work-dir', help='where logs and checkpoints go (default work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CHECKPOINT, or from the latest in the work dir when given alone')
+                        help='resume from CHECKPOINT, or from the latest in the work dir when given alone '
+                             '(an error if there is none)')
     parser.add_argument('--amp', action='store_true', help="mixed precision, bf16 (mmengine's AmpOptimWrapper: GPU only)")
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config keys, e.g. train_cfg.max_iters=100')
@@ -36,16 +39,17 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def train(args) -> int:
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           launcher=args.launcher, resume=args.resume, amp=args.amp,
                           trust_config=args.trust_config)
-    try:
-        runner.train()
-    finally:
-        shutdown_distributed()
+    runner.train()
     return 0
+
+
+def main(argv=None) -> int:
+    """Exit status 0, or 2 with one line on stderr for a user error (see runner.run_tool)."""
+    return run_tool('train.py', train, parse_args(argv))
 
 
 if __name__ == '__main__':
