@@ -1,4 +1,6 @@
 """Each block with a small constructor and input maker, shared by the generic block tests."""
+import math
+
 import torch
 import torch.nn as nn
 
@@ -67,3 +69,38 @@ def activate(block: nn.Module) -> nn.Module:
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.weight is not None:
                 mod.weight.fill_(0.7)
     return block
+
+
+def chunking_modules(block: nn.Module) -> list:
+    return [mod for mod in block.modules() if hasattr(mod, 'chunk_elements')]
+
+
+def set_chunk_rows(block: nn.Module, *inputs, rows: int) -> list:
+    """Make every chunking attention in `block` process `rows` queries per chunk on these inputs.
+    Returns each one's (queries, keys), read from a recorded (dense) attention map."""
+    modules, training = chunking_modules(block), block.training
+    assert modules, f'{type(block).__name__} has no chunked attention'
+    block.eval()   # no BN statistics or auxiliary losses from this probe
+    for mod in modules:
+        mod.record_attention = True
+    with torch.no_grad():
+        block(*inputs)
+    sizes = []
+    for mod in modules:
+        num_queries, num_keys = mod.attention_map.shape[-2:]
+        mod.chunk_elements = rows * num_keys          # chunk = chunk_elements // num_keys query rows
+        mod.record_attention, mod.attention_map = False, None
+        sizes.append((num_queries, num_keys))
+    block.train(training)
+    return sizes
+
+
+def assert_chunked(spy, sizes: list, rows: int) -> None:
+    """Every attention ran in several chunks: no torch.bmm saw a whole N x Nk map, and there were at
+    least as many calls as chunks."""
+    chunks = [math.ceil(n / rows) for n, _ in sizes]
+    assert min(chunks) > 1, f'one chunk only: (queries, keys) {sizes}, {rows} rows per chunk'
+    assert spy.shapes, 'torch.bmm was never called'
+    for n, k in sizes:
+        assert not spy.saw_matrix(n, k), f'a whole {n} x {k} attention map was computed'
+    assert len(spy.shapes) >= sum(chunks)

@@ -16,10 +16,33 @@ def _seed():
 
 @pytest.fixture
 def force_chunks(monkeypatch):
-    """Make every attention take the chunked path with small chunks."""
+    """Make every attention take the chunked path (inputs below DENSE_LIMIT_ELEMENTS are computed
+    densely whatever `chunk_elements` says). Set the chunk size with `blocks_zoo.set_chunk_rows`."""
     from attn_plugins.modules import _helpers
     monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)
-    return 7 * 5  # chunk_elements that splits queries unevenly
+
+
+class BmmSpy:
+    """Records the operand shapes of every `torch.bmm` call, to show how attention was computed."""
+
+    def __init__(self, bmm):
+        self.bmm, self.shapes = bmm, []
+
+    def __call__(self, a, b, *args, **kwargs):
+        self.shapes.append((tuple(a.shape), tuple(b.shape)))
+        return self.bmm(a, b, *args, **kwargs)
+
+    def saw_matrix(self, rows: int, cols: int) -> bool:
+        """Whether any call took or produced a (rows x cols) or (cols x rows) matrix."""
+        wanted = {(rows, cols), (cols, rows)}
+        return any(m in wanted for sa, sb in self.shapes for m in (sa[-2:], sb[-2:], (sa[-2], sb[-1])))
+
+
+@pytest.fixture
+def bmm_spy(monkeypatch):
+    spy = BmmSpy(torch.bmm)
+    monkeypatch.setattr(torch, 'bmm', spy)
+    return spy
 
 
 def randomize(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attn_plugins import modules as m
-from blocks_zoo import NAMES, SAME_SHAPE, activate, make, outputs
+from blocks_zoo import (NAMES, SAME_SHAPE, activate, assert_chunked, chunking_modules, make, outputs,
+                        set_chunk_rows)
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -16,13 +17,13 @@ def test_gradcheck_float64(name):
 
 
 @pytest.mark.parametrize('name', ['PositionAttention', 'NonLocal', 'NonLocalConcat'])   # PyramidAttention: no N x N
-def test_gradcheck_chunked_path(name, force_chunks):
+def test_gradcheck_chunked_path(name, force_chunks, bmm_spy):
     block = activate(make(name, 4)).double().eval()
-    for mod in block.modules():
-        if hasattr(mod, 'chunk_elements'):
-            mod.chunk_elements = force_chunks
     x = torch.randn(1, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    sizes = set_chunk_rows(block, x, rows=2)          # 15 queries: chunks of 2, the last of 1
+    bmm_spy.shapes.clear()
     assert torch.autograd.gradcheck(block, (x,), eps=1e-6, atol=1e-5)
+    assert_chunked(bmm_spy, sizes, rows=2)
 
 
 @pytest.mark.parametrize('block', [
@@ -47,14 +48,33 @@ def test_spatial_weights_start_near_one():
 
 @pytest.mark.parametrize('name', ['PositionAttention', 'NonLocal', 'NonLocalConcat', 'NonLocalGaussian',
                                   'DualAttention'])
-def test_chunked_equals_dense_formula(name, force_chunks):
+def test_chunked_equals_dense_formula(name, force_chunks, bmm_spy):
     block = activate(make(name, 8)).eval()
     x = torch.randn(2, 8, 9, 11)
+    sizes = set_chunk_rows(block, x, rows=7)          # 99 queries: 14 chunks of 7 and one of 1
+    bmm_spy.shapes.clear()
     with torch.no_grad():
         chunked = block(x)
-        for mod in block.modules():
-            if hasattr(mod, 'record_attention'):
-                mod.record_attention = True   # the dense path that keeps the N x N map
+        assert_chunked(bmm_spy, sizes, rows=7)
+        for mod in chunking_modules(block):
+            mod.record_attention = True   # the dense path that keeps the N x N map
+        dense = block(x)
+    torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('block', [m.PositionAttention(8), m.NonLocal(8), m.NonLocal(8, mode='concatenation')],
+                         ids=lambda b: getattr(b, 'mode', type(b).__name__))
+def test_chunks_above_the_real_dense_limit(block, bmm_spy):
+    """No monkeypatching: 46x46 positions give 2116² score elements, above DENSE_LIMIT_ELEMENTS."""
+    from attn_plugins.modules import _helpers
+    block = activate(block).eval()
+    x = torch.randn(1, 8, 46, 46)
+    assert 2116 ** 2 > _helpers.DENSE_LIMIT_ELEMENTS
+    block.chunk_elements = 500 * 2116                 # 500 query rows per chunk: 5 chunks
+    with torch.no_grad():
+        chunked = block(x)
+        assert_chunked(bmm_spy, [(2116, 2116)], rows=500)
+        block.record_attention = True
         dense = block(x)
     torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-5)
 
@@ -120,8 +140,6 @@ def test_record_attention_exposes_maps():
 @given(channels=st.integers(1, 24), height=st.integers(1, 9), width=st.integers(1, 9), batch=st.integers(1, 3),
        name=st.sampled_from(SAME_SHAPE))
 def test_property_output_shape_equals_input(channels, height, width, batch, name):
-    if name in ('SpatialWeights',) or channels < 1:
-        pass
     block = activate(make(name, channels)).eval()
     x = torch.randn(batch, channels, height, width)
     y = block(x)

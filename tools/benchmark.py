@@ -1,87 +1,117 @@
 #!/usr/bin/env python
 """Benchmark attention blocks against their peers (timm, mmcv, mmsegmentation).
 
-    python tools/benchmark.py --suite blocks [--quick] [--out work_dirs/benchmark]
+    python tools/benchmark.py --suite blocks|seg [--quick] [--only NAME ...] [--json PATH]
 
-Times: ours and the peer run in one process on the same input, alternating which goes first;
-the median of `repeats` forward passes after a warm-up (one pass each for the large attention
-cases). Peak memory: each implementation in its own process (ru_maxrss cannot be reset),
-peak RSS of the forward pass minus RSS just before it (inputs and weights already built). Results are printed as ratios, peer / ours (> 1 means ours is better), and
-written as JSON.
+Times: ours and the peer run in one process on the same input, interleaved in rounds
+(ours, peer | peer, ours | ...: the side that goes first alternates), after `warmup` rounds
+that are not timed; `repeats` timed rounds per case. Every case, small blocks, PAM, NonLocal
+and the whole-image segmentor alike, runs this way. Reported per side: median, min/max and
+quartiles of the forward times; the ratio is peer median / ours median, with the spread of the
+per-round ratios (peer_i / ours_i). Peak memory: each implementation in its own process
+(ru_maxrss cannot be reset), peak RSS of the forward pass minus RSS just before it (inputs and
+weights already built). Ratios are peer / ours (> 1 means ours is better). `--quick` runs tiny
+shapes with 1 warm-up and 3 repeats (a smoke test of the harness, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
+import time
 
-# name -> (ours factory, peer factory, input shape, repeats); factories are source snippets run in
-# the child process with `c` = channels.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TIMM_SE = 'from timm.layers.squeeze_excite import SEModule'
+TIMM_CBAM = 'from timm.layers.cbam import CbamModule'
+MMSEG_DA = 'from mmseg.models.decode_heads.da_head import CAM, PAM'
+MMCV_NL = 'from mmcv.cnn import NonLocal2d'
+
+# name -> (ours factory, peer import, peer factory, input shape, quick shape); factories are source
+# snippets run in the child process with `c` = channels.
 CASES = {
-    'SE r50-layer1': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 256, 56, 56), 40),
-    'SE r50-layer4': ('SE(c)', 'SEModule(c, rd_divisor=1)', (8, 2048, 7, 7), 40),
-    'CBAM r50-layer1': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 256, 56, 56), 40),
-    'CBAM r50-layer4': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', 'CbamModule(c)', (8, 2048, 7, 7), 40),
-    'CAM danet-512x1024': ('ChannelAttention(c)', 'CAM()', (2, 512, 64, 128), 10),
-    'PAM 128x256': ('PositionAttention(c, qk_channels=64)', 'PAM(c, 64)', (1, 512, 128, 256), 1),
-    'NonLocal2d 128x256': ('NonLocal(c, norm=False)', 'NonLocal2d(c)', (1, 512, 128, 256), 1),
+    'SE r50-layer1': ('SE(c)', TIMM_SE, 'SEModule(c, rd_divisor=1)', (8, 256, 56, 56), (2, 64, 8, 8)),
+    'SE r50-layer4': ('SE(c)', TIMM_SE, 'SEModule(c, rd_divisor=1)', (8, 2048, 7, 7), (2, 256, 4, 4)),
+    'CBAM r50-layer1': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', TIMM_CBAM, 'CbamModule(c)',
+                        (8, 256, 56, 56), (2, 64, 8, 8)),
+    'CBAM r50-layer4': ('CBAM(c, mlp_bias=False, pool_order="mean_max")', TIMM_CBAM, 'CbamModule(c)',
+                        (8, 2048, 7, 7), (2, 256, 4, 4)),
+    'CAM danet-512x1024': ('ChannelAttention(c)', MMSEG_DA, 'CAM()', (2, 512, 64, 128), (1, 32, 8, 16)),
+    'PAM 128x256': ('PositionAttention(c, qk_channels=64)', MMSEG_DA, 'PAM(c, 64)', (1, 512, 128, 256),
+                    (1, 32, 8, 16)),
+    'NonLocal2d 128x256': ('NonLocal(c, norm=False)', MMCV_NL, 'NonLocal2d(c)', (1, 512, 128, 256),
+                           (1, 32, 8, 16)),
 }
-# Whole-image inference of a full-size model (suite 'seg'): (ours config, peer decode head type).
+# (warm-up rounds, timed rounds) for the block cases; the attention maps of PAM, NonLocal and the
+# whole-image segmentor take seconds per pass, so they get fewer rounds.
+SCHEDULE = {'SE r50-layer1': (5, 40), 'SE r50-layer4': (5, 40), 'CBAM r50-layer1': (5, 40),
+            'CBAM r50-layer4': (5, 40), 'CAM danet-512x1024': (2, 10), 'PAM 128x256': (1, 5),
+            'NonLocal2d 128x256': (1, 5)}
+QUICK_SCHEDULE = (1, 3)
+
+# Whole-image inference of a full-size model (suite 'seg'): (ours config, peer decode head type, shape, quick shape).
 SEG_CASES = {
-    'DANet R50-D8 1024x2048': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead', (1, 3, 1024, 2048)),
+    'DANet R50-D8 1024x2048': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead',
+                               (1, 3, 1024, 2048), (1, 3, 64, 128)),
 }
-SEG_QUICK = {'DANet R50-D8 1024x2048': (1, 3, 256, 512)}
-QUICK = {'PAM 128x256': (1, 512, 64, 128), 'NonLocal2d 128x256': (1, 512, 64, 128),
-         'CAM danet-512x1024': (2, 512, 32, 64)}
+SEG_SCHEDULE = (1, 3)
 
 PRELUDE = r"""
-import json, resource, statistics, sys, time, torch
+import json, resource, time, torch
 torch.set_num_threads({threads})
-from attn_plugins.modules import *
-from timm.layers.squeeze_excite import SEModule
-from timm.layers.cbam import CbamModule
-from mmcv.cnn import NonLocal2d
-from mmseg.models.decode_heads.da_head import CAM, PAM
+{imports}
 torch.manual_seed(0)
 shape = {shape}
 c = shape[1]
 x = torch.randn(*shape)
 """
 
-# Times: ours and the peer in one process, alternating which runs first, median per side.
-TIME_CHILD = PRELUDE + r"""
-impls = dict(ours=({ours}).eval(), peer=({peer}).eval())
-times = dict(ours=[], peer=[])
+# Interleaved timing of impls['ours'] and impls['peer']; `order` records the calls as they ran.
+TIME_LOOP = r"""
+def timed(name):
+    t = time.perf_counter(); y = impls[name](x); dt = time.perf_counter() - t
+    del y
+    return dt
+times, order, warmup_order = dict(ours=[], peer=[]), [], []
 with torch.no_grad():
-    if {repeats} > 1:
-        for m in impls.values():
-            m(x)
-    for i in range({repeats}):
-        order = ('ours', 'peer') if i % 2 else ('peer', 'ours')
-        for name in order:
-            t = time.perf_counter(); y = impls[name](x); times[name].append(time.perf_counter() - t)
-            del y
-print(json.dumps({{k: statistics.median(v) for k, v in times.items()}}))
+    for i in range({warmup} + {repeats}):
+        pair = ('ours', 'peer') if i % 2 == 0 else ('peer', 'ours')
+        for name in pair:
+            dt = timed(name)
+            if i >= {warmup}:
+                times[name].append(dt)
+        (order if i >= {warmup} else warmup_order).append(list(pair))
+print(json.dumps(dict(times=times, order=order, warmup_order=warmup_order)))
 """
 
+BLOCK_IMPORTS = 'from attn_plugins.modules import *\n{peer_import}'
+TIME_CHILD = PRELUDE + r"""
+impls = dict(ours=({ours}).eval(), peer=({peer}).eval())
+""" + TIME_LOOP
+
 # Peak memory: one implementation per process (ru_maxrss cannot be reset), forward only.
-MEMORY_CHILD = PRELUDE + r"""
-block = ({factory}).eval()
+RSS = r"""
 def rss_kb():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
+def report(base):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)))
+"""
+MEMORY_CHILD = PRELUDE + RSS + r"""
+block = ({factory}).eval()
 with torch.no_grad():
     block(x[:1, :, :2, :2].contiguous())
     base = rss_kb()
     block(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)))
+report(base)
 """
 
-
-SEG_MODEL = r"""
+SEG_IMPORTS = r"""
 import attn_plugins
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
@@ -92,103 +122,139 @@ def build_segmentor(config, head_type):
     model_cfg.pretrained = None
     model_cfg.backbone.norm_cfg = model_cfg.decode_head.norm_cfg = model_cfg.auxiliary_head.norm_cfg = dict(type='BN')
     if head_type == 'DAHead':
-        model_cfg.decode_head = {{k: v for k, v in model_cfg.decode_head.items() if k not in ('loss_weights', 'chunk_elements')}}
+        model_cfg.decode_head = {k: v for k, v in model_cfg.decode_head.items() if k not in ('loss_weights', 'chunk_elements')}
         model_cfg.decode_head['type'] = 'DAHead'
     model = MODELS.build(model_cfg)
     model.eval()
     return lambda t: model(t, mode='tensor')
 """
-
-SEG_TIME_CHILD = PRELUDE + SEG_MODEL + r"""
-impls = dict(ours=build_segmentor({config!r}, 'ours'), peer=build_segmentor({config!r}, 'DAHead'))
-times = {{}}
-with torch.no_grad():
-    for name in ('peer', 'ours'):
-        t = time.perf_counter(); impls[name](x); times[name] = time.perf_counter() - t
-print(json.dumps(times))
-"""
-
-SEG_MEMORY_CHILD = PRELUDE + SEG_MODEL + r"""
+SEG_TIME_CHILD = PRELUDE + r"""
+impls = dict(ours=build_segmentor({config!r}, 'ours'), peer=build_segmentor({config!r}, {head!r}))
+""" + TIME_LOOP
+SEG_MEMORY_CHILD = PRELUDE + RSS + r"""
 block = build_segmentor({config!r}, {head!r})
-def rss_kb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
 with torch.no_grad():
     base = rss_kb()
     block(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)))
+report(base)
 """
 
 
 def run_child(code: str) -> dict:
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"benchmark child failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def result_row(name, shape, ours, peer, times: dict, mem_ours: dict, mem_peer: dict) -> dict:
-    """One result: absolute numbers of both sides and the peer/ours ratios."""
-    return dict(case=name, shape=list(shape), ours=ours, peer=peer, ours_time_s=times['ours'],
-                peer_time_s=times['peer'], ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
+def spread(samples: list[float]) -> dict:
+    """Median, min/max and quartiles of timing samples (seconds), with the samples themselves."""
+    s = sorted(samples)
+    q1, _, q3 = statistics.quantiles(s, n=4, method='inclusive') if len(s) > 1 else (s[0],) * 3
+    return dict(median=statistics.median(s), min=s[0], max=s[-1], q1=q1, q3=q3, samples=samples)
+
+
+def result_row(name, shape, ours, peer, timing: dict, mem_ours: dict, mem_peer: dict, warmup: int) -> dict:
+    """One result: both sides' timing spread, the peer/ours ratios and how the calls were ordered."""
+    t_ours, t_peer = spread(timing['times']['ours']), spread(timing['times']['peer'])
+    paired = [p / o for o, p in zip(timing['times']['ours'], timing['times']['peer'])]
+    return dict(case=name, shape=list(shape), ours=ours, peer=peer, warmup=warmup, repeats=len(paired),
+                order=timing['order'], warmup_order=timing['warmup_order'],
+                ours_time_s=t_ours, peer_time_s=t_peer,
+                speedup=dict(ratio=t_peer['median'] / t_ours['median'], paired_median=statistics.median(paired),
+                             paired_min=min(paired), paired_max=max(paired)),
+                ours_peak_mb=mem_ours['peak_mb'], peer_peak_mb=mem_peer['peak_mb'],
                 ours_process_peak_mb=mem_ours['process_peak_mb'], peer_process_peak_mb=mem_peer['process_peak_mb'],
-                speedup=times['peer'] / times['ours'],
                 memory_ratio=mem_peer['peak_mb'] / max(mem_ours['peak_mb'], 1e-3))
+
+
+def schedule(args, default: tuple[int, int]) -> tuple[int, int]:
+    warmup, repeats = QUICK_SCHEDULE if args.quick else default
+    return (args.warmup if args.warmup is not None else warmup,
+            args.repeats if args.repeats is not None else repeats)
+
+
+def selected(args, names):
+    return [n for n in names if not args.only or any(o in n for o in args.only)]
 
 
 def run_blocks(args) -> list[dict]:
     rows = []
-    for name, (ours, peer, shape, repeats) in CASES.items():
-        if args.only and not any(o in name for o in args.only):
-            continue
-        if args.quick:
-            shape = QUICK.get(name, shape)
-        print(f"[bench] {name} {tuple(shape)} ...", flush=True)
-        fmt = dict(shape=tuple(shape), threads=args.threads, repeats=repeats)
-        times = run_child(TIME_CHILD.format(ours=ours, peer=peer, **fmt))
+    for name in selected(args, CASES):
+        ours, peer_import, peer, shape, quick_shape = CASES[name]
+        shape = quick_shape if args.quick else shape
+        warmup, repeats = schedule(args, SCHEDULE[name])
+        print(f"[bench] {name} {tuple(shape)}: {warmup} warm-up + {repeats} interleaved rounds ...", flush=True)
+        fmt = dict(shape=tuple(shape), threads=args.threads,
+                   imports=BLOCK_IMPORTS.format(peer_import=peer_import))
+        timing = run_child(TIME_CHILD.format(ours=ours, peer=peer, warmup=warmup, repeats=repeats, **fmt))
         mem_ours = run_child(MEMORY_CHILD.format(factory=ours, **fmt))
         mem_peer = run_child(MEMORY_CHILD.format(factory=peer, **fmt))
-        rows.append(result_row(name, shape, ours, peer, times, mem_ours, mem_peer))
+        rows.append(result_row(name, shape, ours, peer, timing, mem_ours, mem_peer, warmup))
     return rows
 
 
 def run_seg(args) -> list[dict]:
     rows = []
-    for name, (config, peer_head, shape) in SEG_CASES.items():
-        if args.quick:
-            shape = SEG_QUICK[name]
-        print(f"[bench] {name} {tuple(shape)} (whole-image inference, our head vs mmseg {peer_head}) ...", flush=True)
-        fmt = dict(shape=tuple(shape), threads=args.threads, config=config)
-        times = run_child(SEG_TIME_CHILD.format(**fmt))
+    for name in selected(args, SEG_CASES):
+        config, peer_head, shape, quick_shape = SEG_CASES[name]
+        shape = quick_shape if args.quick else shape
+        warmup, repeats = schedule(args, SEG_SCHEDULE)
+        print(f"[bench] {name} {tuple(shape)} (whole-image inference, our head vs mmseg {peer_head}): "
+              f"{warmup} warm-up + {repeats} interleaved rounds ...", flush=True)
+        fmt = dict(shape=tuple(shape), threads=args.threads, imports=SEG_IMPORTS, config=config)
+        timing = run_child(SEG_TIME_CHILD.format(head=peer_head, warmup=warmup, repeats=repeats, **fmt))
         mem_ours = run_child(SEG_MEMORY_CHILD.format(head='ours', **fmt))
         mem_peer = run_child(SEG_MEMORY_CHILD.format(head=peer_head, **fmt))
-        rows.append(result_row(name, shape, config, f'mmseg {peer_head}', times, mem_ours, mem_peer))
+        rows.append(result_row(name, shape, config, f'mmseg {peer_head}', timing, mem_ours, mem_peer, warmup))
     return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'case':<24}{'shape':<20}{'ours ms median [min-max]':>28}{'peer ms median [min-max]':>28}"
+              f"{'speedup [round min-max]':>26}{'peak MB ours/peer':>19}{'mem ratio':>10}")
+    print(header)
+    print('-' * len(header))
+    for r in rows:
+        t = {side: r[f'{side}_time_s'] for side in ('ours', 'peer')}
+        cell = {side: f"{v['median'] * 1e3:.4g} [{v['min'] * 1e3:.4g}-{v['max'] * 1e3:.4g}]" for side, v in t.items()}
+        s = r['speedup']
+        print(f"{r['case']:<24}{str(tuple(r['shape'])):<20}{cell['ours']:>28}{cell['peer']:>28}"
+              f"{s['ratio']:>10.2f}x [{s['paired_min']:.2f}-{s['paired_max']:.2f}]  "
+              f"{r['ours_peak_mb']:>9.0f}/{r['peer_peak_mb']:<9.0f}{r['memory_ratio']:>9.1f}x")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--suite', choices=['blocks', 'seg'], default='blocks',
                         help="blocks: each block vs its peer; seg: whole-image DANet inference vs mmseg")
-    parser.add_argument('--quick', action='store_true', help='smaller attention maps (minutes -> seconds)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny shapes, 1 warm-up and 3 timed rounds (checks the harness; not a measurement)')
     parser.add_argument('--only', nargs='*', help='case names (substring match)')
+    parser.add_argument('--warmup', type=int, help='untimed rounds per case (default: per case)')
+    parser.add_argument('--repeats', type=int, help='timed rounds per case (default: per case)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
-    parser.add_argument('--out', default='work_dirs/benchmark')
+    parser.add_argument('--out', default='work_dirs/benchmark', help='folder of the default JSON path')
+    parser.add_argument('--json', help='write the results here (default: OUT/SUITE[_quick].json)')
     args = parser.parse_args(argv)
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f'--warmup: expected >= 0, got {args.warmup}')
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f'--repeats: expected >= 1, got {args.repeats}')
+    cases = SEG_CASES if args.suite == 'seg' else CASES
+    if not selected(args, cases):
+        parser.error(f"--only {' '.join(args.only)}: no {args.suite} case matches; cases: {list(cases)}")
 
+    load_before = os.getloadavg()
     rows = run_seg(args) if args.suite == 'seg' else run_blocks(args)
-    header = f"{'case':<22}{'shape':<22}{'ms ours/peer':>20}{'speedup':>9}{'peak MB ours/peer':>20}{'mem ratio':>10}"
-    print(header)
-    print('-' * len(header))
-    for r in rows:
-        print(f"{r['case']:<22}{str(tuple(r['shape'])):<22}"
-              f"{r['ours_time_s'] * 1e3:>10.1f}/{r['peer_time_s'] * 1e3:<9.1f}{r['speedup']:>8.2f}x"
-              f"{r['ours_peak_mb']:>10.0f}/{r['peer_peak_mb']:<9.0f}{r['memory_ratio']:>9.1f}x")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{args.suite}{'_quick' if args.quick else ''}.json")
+    print_table(rows)
+    path = args.json or os.path.join(args.out, f"{args.suite}{'_quick' if args.quick else ''}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    machine = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
+                   loadavg_before=load_before, loadavg_after=os.getloadavg())
     with open(path, 'w') as f:
-        json.dump(dict(suite=args.suite, threads=args.threads, rows=rows), f, indent=2)
+        json.dump(dict(suite=args.suite, quick=args.quick, threads=args.threads, machine=machine,
+                       date=time.strftime('%Y-%m-%d %H:%M:%S'), rows=rows), f, indent=2)
     print(f"[bench] wrote {path}")
     return 0
 
