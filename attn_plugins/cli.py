@@ -1,4 +1,10 @@
-"""`attn-plugins` command line: env, list, train, test."""
+"""`attn-plugins` command line: env, list, train, test.
+
+    attn-plugins train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options K=V ...] [--launcher pytorch]
+    attn-plugins test CONFIG CHECKPOINT [--out metrics.json] [--allow-partial-checkpoint] ...
+
+train and test need the `seg` (or `det`) extra; tools/train.py and tools/test.py run the same code.
+"""
 from __future__ import annotations
 
 import argparse
@@ -37,11 +43,106 @@ def env() -> int:
     return 0
 
 
+TRAIN_HELP = "train a model from a YAML (or OpenMMLab .py) config with mmengine's Runner"
+TEST_HELP = "evaluate a checkpoint with the config's test dataloader and evaluator"
+TRAIN_EPILOG = "Distributed (CPU, gloo): torchrun --nproc_per_node=2 -m attn_plugins.cli train CONFIG --launcher pytorch"
+TEST_EPILOG = ("CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys are converted on load. A "
+               "checkpoint that does not fit the config's model (keys missing, unexpected or of another shape) is "
+               "an error unless --allow-partial-checkpoint. User errors exit with status 2 and one line on stderr.")
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config keys, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--trust-config', action='store_true',
+                        help='lift the safe YAML limits (.py or absolute _base_, any custom_imports and '
+                             'registry names): only for a config you trust to run code')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `attn-plugins train` (and tools/train.py)."""
+    parser.add_argument('config')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', default=None,
+                        help='resume from CHECKPOINT, or from the latest in the work dir when given alone '
+                             '(an error if there is none)')
+    parser.add_argument('--amp', action='store_true', help="mixed precision, bf16 (mmengine's AmpOptimWrapper: GPU only)")
+    _common_arguments(parser)
+    return parser
+
+
+def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `attn-plugins test` (and tools/test.py)."""
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--out', help='write the metrics as JSON here')
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help="evaluate even if the checkpoint lacks some of the model's weights or has others "
+                             '(by default that is an error: the metrics would be of a partly random model)')
+    _common_arguments(parser)
+    return parser
+
+
+def train(args: argparse.Namespace) -> int:
+    from .runner import build_runner
+    runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+                          launcher=args.launcher, resume=args.resume, amp=args.amp,
+                          trust_config=args.trust_config)
+    runner.train()
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .runner import build_runner
+    runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
+                          launcher=args.launcher, load_from=args.checkpoint,
+                          trust_config=args.trust_config, allow_partial_checkpoint=args.allow_partial_checkpoint)
+    metrics = {k: float(v) for k, v in runner.test().items()}
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(metrics, f, indent=2)
+    return 0
+
+
+def run_command(prog: str, command, args: argparse.Namespace) -> int:
+    """Run `train` or `evaluate`: exit status 0, or 2 with one line on stderr for a user error
+    (a bad config, a missing or unreadable file; see runner.run_tool)."""
+    import os
+    import warnings
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')   # mmengine's import, not ours
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    from .runner import run_tool
+    return run_tool(prog, command, args)
+
+
+def train_main(argv=None, prog: str = 'attn-plugins train') -> int:
+    """`attn-plugins train ...` as a function (tools/train.py calls it with prog='train.py')."""
+    parser = argparse.ArgumentParser(prog=prog, description=TRAIN_HELP, epilog=TRAIN_EPILOG)
+    return run_command(prog, train, add_train_arguments(parser).parse_args(argv))
+
+
+def test_main(argv=None, prog: str = 'attn-plugins test') -> int:
+    """`attn-plugins test ...` as a function (tools/test.py calls it with prog='test.py')."""
+    parser = argparse.ArgumentParser(prog=prog, description=TEST_HELP, epilog=TEST_EPILOG)
+    return run_command(prog, evaluate, add_test_arguments(parser).parse_args(argv))
+
+
+test_main.__test__ = False   # not a pytest test
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='attn-plugins', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('env', help='print versions of the stack and what is registered')
     sub.add_parser('list', help='list registered blocks and heads')
+    add_train_arguments(sub.add_parser('train', help=TRAIN_HELP, description=TRAIN_HELP, epilog=TRAIN_EPILOG))
+    add_test_arguments(sub.add_parser('test', help=TEST_HELP, description=TEST_HELP, epilog=TEST_EPILOG))
     args = parser.parse_args(argv)
     if args.command == 'env':
         return env()
@@ -49,7 +150,9 @@ def main(argv=None) -> int:
         import attn_plugins
         print('\n'.join(attn_plugins.list_plugins()))
         return 0
-    return 1
+    if args.command == 'train':
+        return run_command('attn-plugins train', train, args)
+    return run_command('attn-plugins test', evaluate, args)
 
 
 if __name__ == '__main__':

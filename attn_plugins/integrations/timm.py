@@ -1,5 +1,7 @@
 """timm integration: blocks as `attn_layer` values, `create_model` with injection, and model
-entrypoints for the paper models (registered on `import attn_plugins`).
+entrypoints for the paper models (registered when timm is imported after `import attn_plugins`,
+at once if it already is). Each entrypoint takes timm's model options, its block's options,
+`plugins=[...]` and `features_only`; the blocks are torch.fx leaves in timm's tracer.
 
 Entrypoints (all start with 'ap_' so they never shadow timm's own names):
     ap_seresnet50            SE (r=16, paper rounding, biases) in every bottleneck
