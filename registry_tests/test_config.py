@@ -368,7 +368,8 @@ def test_tools_pass_trust_config_to_the_runner(tool, tmp_path, monkeypatch):
     def fake_build_runner(config, **kwargs):
         seen.append(kwargs.get('trust_config'))
         raise SystemExit(3)
-    monkeypatch.setattr(module, 'build_runner', fake_build_runner)
+    import attn_plugins.runner        # the tools run attn_plugins.cli, which calls runner.build_runner
+    monkeypatch.setattr(attn_plugins.runner, 'build_runner', fake_build_runner)
     checkpoint = tmp_path / 'ckpt.pth'
     torch.save({'state_dict': {}}, checkpoint)
     argv = [CONFIGS[0]] + ([str(checkpoint)] if tool == 'test' else [])
