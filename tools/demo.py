@@ -103,7 +103,7 @@ def demo(args) -> int:
                ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}', f'param_scheduler.0.end={iters}',
                 f'default_hooks.checkpoint.interval={iters}', 'log_level=WARNING']
-    config = os.path.relpath(CONFIG)
+    config = CONFIG if os.path.relpath(CONFIG).startswith('..') else os.path.relpath(CONFIG)
     print(f"[demo] training {config} for {iters} iterations on the CPU (work dir {args.work_dir}) ...", flush=True)
     start = time.time()
     runner = build_runner(CONFIG, work_dir=args.work_dir, cfg_options=options, progress_interval=max(iters // 15, 1))
