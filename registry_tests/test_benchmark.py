@@ -73,3 +73,50 @@ def test_quick_suite_runs_every_case_interleaved(tmp_path, suite):
     assert [r['case'] for r in result['rows']] == list(benchmark.SEG_CASES if suite == 'seg' else benchmark.CASES)
     for row in result['rows']:
         check_row(row)
+
+
+def test_quick_train_benchmark_json(tmp_path):
+    """Suite 'train': a PAM training step against mmseg's and against the bmm ceiling, with ours / peer ratios."""
+    result, stdout = run_benchmark(tmp_path, '--suite', 'train', '--only', 'PAM train fp32')
+    assert [row['case'] for row in result['rows']] == ['PAM train fp32', 'PAM train fp32 vs bmm ceiling']
+    for row in result['rows']:
+        check_row(row)
+        assert row['ours_over_peer']['time'] == pytest.approx(1 / row['speedup']['ratio'])
+        assert row['ours_over_peer']['memory'] == pytest.approx(row['ours_peak_mb'] / max(row['peer_peak_mb'], 1e-3))
+        assert f"{row['case']}: ours / peer time {row['ours_over_peer']['time']:.2f}x" in stdout
+
+
+def test_bmm_ceiling_has_the_flops_of_our_training_step():
+    """The ceiling row's bmm calls do exactly the matmul FLOPs of our PAM training step (quick shape,
+    which takes the chunked flash path), in the step's precision."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import benchmark
+
+    class BmmFlops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flops, self.dtypes = 0, set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == 'bmm':
+                a, b = args[:2]
+                self.flops += 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+                self.dtypes.add(a.dtype)
+            return func(*args, **(kwargs or {}))
+
+    for name in ('PAM train fp32 vs bmm ceiling', 'PAM train bf16 vs bmm ceiling'):
+        ours, peer_import, peer, _, shape = benchmark.TRAIN_CASES[name]
+        scope = {}
+        exec(benchmark.PRELUDE.format(threads=1, imports=benchmark.BLOCK_IMPORTS.format(peer_import=peer_import),
+                                      shape=shape) + benchmark.TRAIN_HELPERS, scope)
+        counts = []
+        for impl in (eval(ours, scope), eval(peer, scope)):
+            with BmmFlops() as mode:
+                impl(scope['x'])
+            counts.append((mode.flops, mode.dtypes))
+        b, c, n = shape[0], shape[1], shape[2] * shape[3]
+        assert counts[0] == counts[1], (name, counts)
+        assert counts[0][0] == 2 * b * n * n * (3 * c + 4 * 64)
+        assert counts[0][1] == {torch.bfloat16 if 'bf16' in name else torch.float32}

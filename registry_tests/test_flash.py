@@ -159,3 +159,16 @@ def test_default_path_is_dense_below_the_limit():
     assert NQ * NK <= _helpers.DENSE_LIMIT_ELEMENTS
     out = softmax_attention(query, key, value)
     assert type(out.grad_fn).__name__ == 'BmmBackward0'
+
+
+def test_training_chunks_are_capped(force_chunks, monkeypatch, bmm_spy):
+    """Under autograd a chunk holds at most FLASH_CHUNK_ELEMENTS scores per sample (smaller chunks
+    ran faster), whatever larger `chunk_elements` allows; inference keeps `chunk_elements`."""
+    monkeypatch.setattr(_helpers, 'FLASH_CHUNK_ELEMENTS', 5 * NK)
+    query, key, value = inputs(torch.float32)
+    softmax_attention(query, key, value, chunk_elements=ROWS * NK)
+    assert {a[1] for a, b in bmm_spy.shapes if b == (B, CK, NK)} == {5, NQ % 5}
+    bmm_spy.shapes.clear()
+    with torch.no_grad():
+        softmax_attention(query, key, value, chunk_elements=ROWS * NK)
+    assert {a[1] for a, b in bmm_spy.shapes if b == (B, CK, NK)} == {ROWS, NQ % ROWS}

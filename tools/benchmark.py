@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark attention blocks against their peers (timm, mmcv, mmsegmentation).
 
-    python tools/benchmark.py --suite blocks|seg [--quick] [--only NAME ...] [--json PATH]
+    python tools/benchmark.py --suite blocks|seg|train [--quick] [--only NAME ...] [--json PATH]
 
 Times: ours and the peer run in one process on the same input, interleaved in rounds
 (ours, peer | peer, ours | ...: the side that goes first alternates), after `warmup` rounds
@@ -12,6 +12,14 @@ per-round ratios (peer_i / ours_i). Peak memory: each implementation in its own 
 (ru_maxrss cannot be reset), peak RSS of the forward pass minus RSS just before it (inputs and
 weights already built). Ratios are peer / ours (> 1 means ours is better). `--quick` runs tiny
 shapes with 1 warm-up and 3 repeats (a smoke test of the harness, not a measurement).
+
+Suite 'train' times a training step (forward, loss, backward, fp32 or under CPU bf16 autocast on
+both sides) of PAM and NonLocal against mmseg's PAM and mmcv's NonLocal2d the same way; its peak
+memory is the step's (saved activations, gradients) above the RSS before it. Its 'bmm ceiling'
+rows put our step beside plain bmm calls with the FLOPs of its attention matmuls (the flash
+recipe's 2·B·N²·(3·Cv + 4·Ck)) in the same precision: their speedup is the share of the
+machine's matmul throughput our whole step reaches. Train rows also give ours / peer ratios
+(time and memory, < 1 means ours is better), the form of the goals in issue 12.
 """
 from __future__ import annotations
 
@@ -59,6 +67,28 @@ SEG_CASES = {
                                (1, 3, 1024, 2048), (1, 3, 64, 128)),
 }
 SEG_SCHEDULE = (1, 3)
+
+# Training step (suite 'train'): name -> (ours, peer import, peer, shape, quick shape). Factories
+# are snippets giving a callable of x; `train_step(block, bf16)` and `Ceiling` are defined in the child.
+# Quick shapes have 48 x 48 positions: 2304² scores, above the dense limit, so ours chunks.
+TRAIN_CASES = {
+    'PAM train fp32': ('train_step(PositionAttention(c, qk_channels=64), False)', MMSEG_DA,
+                       'train_step(PAM(c, 64), False)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'PAM train bf16': ('train_step(PositionAttention(c, qk_channels=64), True)', MMSEG_DA,
+                       'train_step(PAM(c, 64), True)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'NonLocal2d train fp32': ('train_step(NonLocal(c, norm=False), False)', MMCV_NL,
+                              'train_step(NonLocal2d(c), False)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'NonLocal2d train bf16': ('train_step(NonLocal(c, norm=False), True)', MMCV_NL,
+                              'train_step(NonLocal2d(c), True)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'PAM train fp32 vs bmm ceiling': ('train_step(PositionAttention(c, qk_channels=64), False)', '',
+                                      'Ceiling(shape, 64, c, torch.float32)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'PAM train bf16 vs bmm ceiling': ('train_step(PositionAttention(c, qk_channels=64), True)', '',
+                                      'Ceiling(shape, 64, c, torch.bfloat16)', (2, 512, 64, 128), (1, 16, 48, 48)),
+    'NonLocal2d train fp32 vs bmm ceiling': ('train_step(NonLocal(c, norm=False), False)', '',
+                                             'Ceiling(shape, c // 2, c // 2, torch.float32)', (2, 512, 64, 128),
+                                             (1, 16, 48, 48)),
+}
+TRAIN_SCHEDULE = (1, 3)
 
 PRELUDE = r"""
 import json, resource, time, torch
@@ -108,6 +138,41 @@ with torch.no_grad():
     block(x[:1, :, :2, :2].contiguous())
     base = rss_kb()
     block(x)
+report(base)
+"""
+
+TRAIN_HELPERS = r"""
+import math
+def train_step(block, bf16):
+    block.train()
+    def step(inp):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            out = block(inp)
+        out.float().square().mean().backward()
+        block.zero_grad(set_to_none=True)
+        inp.grad = None
+    return step
+class Ceiling:
+    # bmm calls with the FLOPs of the attention matmuls of a flash training step on `shape`
+    def __init__(self, shape, ck, cv, dtype):
+        b, n = shape[0], math.prod(shape[2:])
+        rows = math.gcd(n, 512)
+        self.a = torch.randn(b, rows, 3 * cv + 4 * ck, dtype=dtype)
+        self.w = torch.randn(b, 3 * cv + 4 * ck, n, dtype=dtype)
+        self.calls = n // rows
+    def __call__(self, inp):
+        for _ in range(self.calls):
+            torch.bmm(self.a, self.w)
+x.requires_grad_()
+"""
+TRAIN_TIME_CHILD = PRELUDE + TRAIN_HELPERS + r"""
+impls = dict(ours={ours}, peer={peer})
+""" + TIME_LOOP.replace('with torch.no_grad():', 'with torch.enable_grad():')
+TRAIN_MEMORY_CHILD = PRELUDE + RSS + TRAIN_HELPERS + r"""
+step = {factory}
+step(x[:1, :, :2, :2].detach().requires_grad_())
+base = rss_kb()
+step(x)
 report(base)
 """
 
@@ -210,6 +275,25 @@ def run_seg(args) -> list[dict]:
     return rows
 
 
+def run_train(args) -> list[dict]:
+    rows = []
+    for name in selected(args, TRAIN_CASES):
+        ours, peer_import, peer, shape, quick_shape = TRAIN_CASES[name]
+        shape = quick_shape if args.quick else shape
+        warmup, repeats = schedule(args, TRAIN_SCHEDULE)
+        print(f"[bench] {name} {tuple(shape)} (training step): {warmup} warm-up + {repeats} interleaved rounds ...",
+              flush=True)
+        fmt = dict(shape=tuple(shape), threads=args.threads, imports=BLOCK_IMPORTS.format(peer_import=peer_import))
+        timing = run_child(TRAIN_TIME_CHILD.format(ours=ours, peer=peer, warmup=warmup, repeats=repeats, **fmt))
+        mem_ours = run_child(TRAIN_MEMORY_CHILD.format(factory=ours, **fmt))
+        mem_peer = run_child(TRAIN_MEMORY_CHILD.format(factory=peer, **fmt))
+        row = result_row(name, shape, ours, peer, timing, mem_ours, mem_peer, warmup)
+        row['ours_over_peer'] = dict(time=1 / row['speedup']['ratio'],
+                                     memory=mem_ours['peak_mb'] / max(mem_peer['peak_mb'], 1e-3))
+        rows.append(row)
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     header = (f"{'case':<24}{'shape':<20}{'ours ms median [min-max]':>28}{'peer ms median [min-max]':>28}"
               f"{'speedup [round min-max]':>26}{'peak MB ours/peer':>19}{'mem ratio':>10}")
@@ -222,12 +306,17 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['case']:<24}{str(tuple(r['shape'])):<20}{cell['ours']:>28}{cell['peer']:>28}"
               f"{s['ratio']:>10.2f}x [{s['paired_min']:.2f}-{s['paired_max']:.2f}]  "
               f"{r['ours_peak_mb']:>9.0f}/{r['peer_peak_mb']:<9.0f}{r['memory_ratio']:>9.1f}x")
+    for r in rows:
+        if 'ours_over_peer' in r:
+            print(f"  {r['case']}: ours / peer time {r['ours_over_peer']['time']:.2f}x, "
+                  f"extra memory {r['ours_over_peer']['memory']:.2f}x")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', choices=['blocks', 'seg'], default='blocks',
-                        help="blocks: each block vs its peer; seg: whole-image DANet inference vs mmseg")
+    parser.add_argument('--suite', choices=['blocks', 'seg', 'train'], default='blocks',
+                        help="blocks: each block vs its peer; seg: whole-image DANet inference vs mmseg; "
+                             "train: training steps of PAM / NonLocal vs mmseg / mmcv and the bmm ceiling")
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes, 1 warm-up and 3 timed rounds (checks the harness; not a measurement)')
     parser.add_argument('--only', nargs='*', help='case names (substring match)')
@@ -241,12 +330,12 @@ def main(argv=None) -> int:
         parser.error(f'--warmup: expected >= 0, got {args.warmup}')
     if args.repeats is not None and args.repeats < 1:
         parser.error(f'--repeats: expected >= 1, got {args.repeats}')
-    cases = SEG_CASES if args.suite == 'seg' else CASES
+    cases = {'seg': SEG_CASES, 'train': TRAIN_CASES}.get(args.suite, CASES)
     if not selected(args, cases):
         parser.error(f"--only {' '.join(args.only)}: no {args.suite} case matches; cases: {list(cases)}")
 
     load_before = os.getloadavg()
-    rows = run_seg(args) if args.suite == 'seg' else run_blocks(args)
+    rows = {'seg': run_seg, 'train': run_train}.get(args.suite, run_blocks)(args)
     print_table(rows)
     path = args.json or os.path.join(args.out, f"{args.suite}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
