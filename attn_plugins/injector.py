@@ -420,6 +420,11 @@ def _place_like(block: nn.Module, *hosts: nn.Module) -> nn.Module:
     return block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block
 
 
+# Called with the model at the end of every `inject`. Integrations add theirs when they register
+# (mmengine: `restore_blocks_on_init`, so the host's init_weights() ends with the blocks' own init).
+AFTER_INJECT: list = []
+
+
 def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str, Any], example_input=None) -> nn.Module:
     """Insert blocks into `model` (in place) and return it; see the module docstring for specs."""
     if isinstance(plugins, Mapping):
@@ -472,6 +477,8 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
                                   bool(spec.get('stack')), where, type_name, channels[id(module)], options))
         model.attn_plugins_report = report
     model.attn_plugins_report = report
+    for hook in AFTER_INJECT:
+        hook(model)
     return model
 
 

@@ -211,11 +211,14 @@ def injected_resnet18(builder: str, **resnet):
     if builder == 'InjectAttention':
         from mmdet.registry import MODELS as DET
         return DET.build(dict(type='InjectAttention', module=module, plugins=INJECT))
+    if builder == 'inject':                # the user's own call on a built mmengine model
+        from mmdet.registry import MODELS as DET
+        return attn_plugins.inject(DET.build(module), INJECT)
     from attn_plugins.config import build_model
     return build_model(dict(module, plugins=INJECT))
 
 
-@pytest.mark.parametrize('builder', ['InjectAttention', 'build_model'])
+@pytest.mark.parametrize('builder', ['InjectAttention', 'build_model', 'inject'])
 def test_injected_blocks_keep_their_init_after_host_init_weights(builder):
     model = injected_resnet18(builder)
     assert len(model.attn_plugins_report) == 8 + 1 + 1

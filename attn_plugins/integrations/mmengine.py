@@ -6,7 +6,7 @@ scope 'attn_plugins' (so `type='attn_plugins.CBAM'` works from any scope). The r
 classes are thin subclasses that also accept OpenMMLab's `in_channels=` keyword (the plugin
 builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer names.
 Blocks keep their own init through a host's `init_weights()`: see `restore_blocks_on_init`
-(used by `InjectAttention`; call it after `attn_plugins.inject` on a mmengine model).
+(run by every `attn_plugins.inject`, hence `InjectAttention`, once this module is registered).
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
 `SafeCheckpointHook`, `ProgressHook` and `AuxiliaryLossHook` (HOOKS), and
 `CPUDistributedDataParallel` (MODEL_WRAPPERS).
@@ -98,9 +98,9 @@ def restore_blocks_on_init(model):
     BaseModules is reached that way. Below a plain nn.Module (a block `after:bn2` is a child of the
     BN; a timm model) the chain stops: that module, the first plain one under a BaseModule, gets
     an `init_weights` that also resets the blocks under it. Returns the model (idempotent)."""
-    from .timm import TimmBackbone
     if isinstance(model, HostInit) or not isinstance(model, BaseModule):
         return model        # no mmengine init_cfg above the blocks
+    from .timm import TimmBackbone
     for record in getattr(model, 'attn_plugins_report', []):
         ancestors, module = [], model
         for name in record.attr.split('.')[:-1]:
@@ -229,8 +229,12 @@ def register_once(registry: Registry, name: str, obj) -> None:
 
 
 def register_blocks() -> None:
-    """Register the blocks, builders, hooks and wrapper (idempotent)."""
+    """Register the blocks, builders, hooks and wrapper (idempotent); make every `inject` into a
+    mmengine model keep the blocks' own init through its init_weights()."""
+    from .. import injector
     from .timm import TimmBackbone
+    if restore_blocks_on_init not in injector.AFTER_INJECT:
+        injector.AFTER_INJECT.append(restore_blocks_on_init)
     models = {name: openmmlab_class(name, cls) for name, cls in BLOCKS.items()}
     models.update(InjectAttention=inject_attention, TimmBackbone=TimmBackbone)
     for registry in (MODELS, scoped_registry()):
