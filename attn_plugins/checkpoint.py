@@ -25,8 +25,26 @@ def _numpy_safe_globals() -> list:
 def allow_mmengine_checkpoints() -> None:
     """Allow-list numpy arrays and scalars (found in mmengine checkpoints' meta) for
     torch.load(weights_only=True). History buffers are not listed: their pickles need `getattr`;
-    SafeCheckpointHook writes them as tensors instead."""
+    SafeCheckpointHook writes them as tensors instead. Also makes mmengine's URL checkpoints
+    (http(s)://, open-mmlab://, torchvision://: a config's `load_from` or `init_cfg.checkpoint`)
+    load with weights_only=True: torch.hub's loader defaults to weights_only=False, so a YAML naming
+    a URL would otherwise unpickle (run) whatever that server sends."""
     torch.serialization.add_safe_globals(_numpy_safe_globals())
+    try:
+        import mmengine.runner.checkpoint as mmengine_checkpoint
+    except ImportError:
+        return
+    if not getattr(mmengine_checkpoint.load_url, 'weights_only', False):
+        mmengine_checkpoint.load_url = _weights_only(mmengine_checkpoint.load_url)
+
+
+def _weights_only(load_url):
+    """`load_url` (torch.hub.load_state_dict_from_url) forced to weights_only=True."""
+    def load_url_weights_only(url, *args, **kwargs):
+        kwargs['weights_only'] = True
+        return load_url(url, *args, **kwargs)
+    load_url_weights_only.weights_only = True
+    return load_url_weights_only
 
 
 _BUFFER_KEY = '__attn_plugins_history_buffer__'
