@@ -172,3 +172,58 @@ def test_training_chunks_are_capped(force_chunks, monkeypatch, bmm_spy):
     with torch.no_grad():
         softmax_attention(query, key, value, chunk_elements=ROWS * NK)
     assert {a[1] for a, b in bmm_spy.shapes if b == (B, CK, NK)} == {ROWS, NQ % ROWS}
+
+
+def concat_dense(a, b, value):
+    return torch.bmm(value, torch.relu(b[:, :, None] + a[:, None, :]))
+
+
+def test_concat_gradcheck_float64_several_chunks():
+    from attn_plugins.modules._flash import chunked_concat_attention
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(B, NQ, generator=gen, dtype=torch.float64), torch.randn(B, NK, generator=gen, dtype=torch.float64)
+    value = torch.randn(B, CV, NK, generator=gen, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (a, b, value)]
+    assert torch.autograd.gradcheck(lambda *t: chunked_concat_attention(*t, chunk=ROWS), args)
+    torch.testing.assert_close(chunked_concat_attention(*args, chunk=ROWS), concat_dense(*args))
+
+
+def test_concat_training_recomputes_only_the_map(force_chunks):
+    """NonLocal concatenation under autograd: gradients equal the dense formula, backward does the two
+    products of a dense backward (dV, dZ) only, and autograd saves no chunk of the map."""
+    from attn_plugins import modules as m
+    from blocks_zoo import activate
+    block = activate(m.NonLocal(8, mode='concatenation', chunk_elements=10 * 100)).double().train()
+    x = torch.randn(2, 8, 10, 10, dtype=torch.float64, requires_grad=True)
+    out, kept = saved(lambda: block(x))
+    assert not any(len(s) == 3 and 100 in s[1:] and 10 in s[1:] for s, _, _ in kept), kept   # no (Nk x 10) chunk
+    with OpLog() as log:
+        out.square().sum().backward()
+    inter = block.inter_channels
+    attention_bmms = [(a, b) for a, b in log.bmms() if min(a[1:] + b[2:]) > 1]   # not the a / b projections
+    assert sum(2 * a[0] * a[1] * a[2] * b[2] for a, b in attention_bmms) == 2 * (2 * 2 * inter * 100 * 100)
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    block.record_attention = True
+    block(x).square().sum().backward()
+    for got, want in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_concat_bf16_autocast_close_to_fp32(force_chunks):
+    from attn_plugins.modules._flash import chunked_concat_attention
+    gen = torch.Generator().manual_seed(6)
+    a, b = torch.randn(B, 300, generator=gen), torch.randn(B, 200, generator=gen)
+    value = torch.randn(B, 16, 200, generator=gen)
+    args = [t.requires_grad_() for t in (a, b, value)]
+    grad = torch.randn(B, 16, 300)
+    ref = concat_dense(*args)
+    ref_grads = torch.autograd.grad(ref, args, grad)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = chunked_concat_attention(*args, chunk=64)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out, args, grad.to(out.dtype))
+    for got, want in zip((out, *grads), (ref, *ref_grads)):
+        assert got.shape == want.shape
+        assert ((got.float() - want).abs().max() / want.abs().max()).item() < 0.03

@@ -15,8 +15,8 @@ the φ and g paths (2 in 1D, 2x2 in 2D, 1x2x2 in 3D).
 Memory: no mode materialises the N x N map unless `record_attention` is set. Softmax modes
 run in query chunks; dot_product uses associativity, θ (φᵀ g) / N, which is O(N·C²);
 concatenation splits wᵀ[θ_i; φ_j] = a_i + b_j and forms ReLU(a_i + b_j) chunk by chunk.
-Under autograd the chunks are checkpointed (recomputed in backward), so training keeps no
-N x N map either.
+Under autograd the chunks run in autograd functions that keep no chunk and recompute each
+chunk's scores in backward (`_flash`), so training keeps no N x N map either.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import _helpers
 from ._helpers import records_attention, HostInit, place, DEFAULT_CHUNK_ELEMENTS, attention, check_channels
+from ._flash import chunked_concat_attention
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -169,23 +170,18 @@ class NonLocal(HostInit, nn.Module):
             return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
         a, b = self._concat_terms(query, key)
         chunk = max(1, self.chunk_elements // num_keys)
-        if torch.jit.is_scripting():   # TorchScript cannot script checkpoint: chunks only
+        if torch.jit.is_scripting():   # TorchScript cannot script an autograd.Function: chunks only
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or value.requires_grad):
             # as the softmax modes: each chunk's (Nk x chunk) map is recomputed in backward, not saved
-            pieces = _checkpointed_concat_chunks(a, b, value, chunk)
+            rows = max(1, min(self.chunk_elements, _helpers.FLASH_CHUNK_ELEMENTS) // num_keys)
+            return chunked_concat_attention(a, b, value, rows) / num_keys
         else:
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         return torch.cat(pieces, dim=2) / num_keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out_norm(self.out_conv(self.context(x)))
-
-
-def _checkpointed_concat_chunks(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor, chunk: int):
-    from torch.utils.checkpoint import checkpoint
-    return [checkpoint(_concat_chunk, a[:, s:s + chunk], b, value, use_reentrant=False)
-            for s in range(0, a.shape[1], chunk)]
 
 
 def _concat_chunk(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
