@@ -429,6 +429,8 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
     """Insert blocks into `model` (in place) and return it; see the module docstring for specs."""
     if isinstance(plugins, Mapping):
         plugins = [plugins]
+    if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+        raise ConfigError(f"plugins: expected a list of specs (mappings with 'type' and 'where'), got {plugins!r}")
     report: list[Insertion] = list(getattr(model, 'attn_plugins_report', []))
     for idx, spec in enumerate(plugins):
         where = f'plugins[{idx}]'

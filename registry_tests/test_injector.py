@@ -300,3 +300,15 @@ def test_spec_key_typos_and_boolean_select():
                                           r"booleans\), got \[True\]"):
         inject(model, [dict(type='SE', where='layer1.*', select=[True])])
     assert not getattr(model, 'attn_plugins_report', [])
+
+
+def test_plugins_must_be_a_list_not_a_string():
+    """`plugins='SE'` (e.g. timm.create_model('ap_cbam_resnet50', plugins='SE')) is refused as a
+    whole, not read character by character ("plugins[0] ... got 'S'")."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    with pytest.raises(ConfigError, match=r"^plugins: expected a list of specs .*got 'SE'"):
+        inject(model, 'SE')
+    with pytest.raises(ConfigError, match=r"^plugins: expected a list of specs .*got 3"):
+        inject(model, 3)
+    inject(model, (dict(type='SE', where='0', position='after'),))      # any sequence of specs
+    assert len(model.attn_plugins_report) == 1
