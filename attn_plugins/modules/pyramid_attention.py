@@ -8,6 +8,14 @@ all local features, with a PCA loss added to training. Maps of several layers, r
 scale, form a spatial pyramid whose fused features give the scores; the scores weight the local
 features of all positions. The number of input maps is free, hence spatio-temporal.
 No public implementation exists; this is our reading, each choice stated against the above.
+Provenance: the paper's method-section equations were not available when this was written (only
+its abstract and introduction, and third-party notes whose formulas are images), so the numbers
+below are ours, not the paper's equation numbers. Those notes suggest three points where this
+reading may differ: (a) a projection/attention per pyramid level whose results are fused
+afterwards (here the levels' features are fused first and projected once); (b) a loss term
+keeping the levels' attention diverse (absent here); (c) the PCA term written as the Lagrangian
+of variance maximisation with an orthogonality penalty on the row-normalised basis (here
+reconstruction + ‖WᵀW − I‖², the same objective as variance maximisation when W is orthonormal).
 Notation: target map X = [x_1 .. x_N] (C x N, N = H·W or T·H·W), pyramid maps X^l.
 
 1. Pyramid fusion:  F = Σ_l R(P_l X^l)  (Cf x N), P_l a 1x1 conv, R area averaging down and
