@@ -1,7 +1,7 @@
 """The memory-bounded softmax attention under autograd (`_flash.FlashSoftmaxAttention`, used by
 `softmax_attention` and so by PositionAttention and the NonLocal softmax modes): gradients equal
-the dense formula, the backward recomputes only each chunk's scores (it does not re-run the
-forward, as checkpointing did), autograd keeps no N x N map, and bf16 autocast stays close to fp32."""
+the dense formula, the backward recomputes only each chunk's scores (no softmax forward and
+backward, as checkpointing ran), autograd keeps no N x N map, and bf16 autocast stays close to fp32."""
 from collections import Counter
 
 import pytest
@@ -38,7 +38,8 @@ class OpLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        self.calls.append((func.overloadpacket.__name__, shapes, tuple(out.shape) if isinstance(out, torch.Tensor) else None))
+        out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        self.calls.append((func.overloadpacket.__name__, shapes, out_shape))
         return out
 
     def bmms(self):
@@ -56,7 +57,7 @@ def test_gradcheck_float64_several_chunks(force_chunks, bmm_spy):
 @pytest.mark.parametrize('scale', [1.0, 0.35])
 def test_backward_recomputes_only_the_scores(force_chunks, scale):
     """Backward FLOPs are the dense backward's (dV, dP, dQ, dK) plus one Q K product per chunk: the
-    forward's V Pᵀ product and softmax are not re-run (checkpointing re-ran both)."""
+    forward's V Pᵀ product and softmax are not re-run (checkpointing re-ran the softmax)."""
     query, key, value = inputs(torch.float32)
     out = softmax_attention(query, key, value, scale=scale, chunk_elements=ROWS * NK)
     with OpLog() as log:
@@ -181,7 +182,8 @@ def concat_dense(a, b, value):
 def test_concat_gradcheck_float64_several_chunks():
     from attn_plugins.modules._flash import chunked_concat_attention
     gen = torch.Generator().manual_seed(5)
-    a, b = torch.randn(B, NQ, generator=gen, dtype=torch.float64), torch.randn(B, NK, generator=gen, dtype=torch.float64)
+    a = torch.randn(B, NQ, generator=gen, dtype=torch.float64)
+    b = torch.randn(B, NK, generator=gen, dtype=torch.float64)
     value = torch.randn(B, CV, NK, generator=gen, dtype=torch.float64)
     args = [t.requires_grad_() for t in (a, b, value)]
     assert torch.autograd.gradcheck(lambda *t: chunked_concat_attention(*t, chunk=ROWS), args)

@@ -8,10 +8,15 @@ each chunk's scores and, with P = exp(S − m) / l (Dao et al., "FlashAttention"
 
     dV = dO P,   dP = dOᵀ V,   dS = P ∘ (dP − rowsum(dO ∘ O)),   dQ = scale · dS Kᵀ,   dK = scale · Qᵀ dS
 
-so no N x N map is ever saved and the forward is not re-run (one Q K product more than a dense
-backward; checkpointing re-ran both forward products). Under autocast the matmuls and the
-(n x Nk) chunk passes run in the autocast dtype (bf16 on a CPU); the statistics m, 1 / l and
-rowsum(dO ∘ O), the 1 / l scaling and the dK / dV sums over chunks in float32.
+so no N x N map is ever saved and the forward is not re-run: one Q K product and one exp pass
+per chunk more than a dense backward. (Per-chunk checkpointing, which this replaces, re-ran the
+Q K product and the softmax forward, then the softmax backward; a training step of 8192 x 8192
+attention, Ck=16, Cv=128, 1 thread, took 1.82-1.87 s here vs 2.52-2.53 s checkpointed in fp32,
+0.95-1.05 s vs 2.05-2.25 s under bf16 autocast, each with its default chunks.)
+
+Under autocast the matmuls and the (n x Nk) chunk passes run in the autocast dtype (bf16 on a
+CPU); the statistics m, 1 / l and rowsum(dO ∘ O), the 1 / l scaling and the dK / dV sums over
+chunks in float32.
 """
 from __future__ import annotations
 
