@@ -205,6 +205,12 @@ def _check_name(name: str, at: str, key: str) -> None:
     parts = name.split('.')
     if any(part.startswith('__') for part in parts):
         raise ConfigError(f"{at}: {key} {name!r}: dunder names are not registry names; {TRUST_HINT}")
+    if len(parts) > 2:
+        # a full import path reaches any class of the package, e.g. mmseg.apis.MMSegInferencer,
+        # whose constructor runs the .py config its `model` argument names
+        raise ConfigError(f"{at}: {key} {name!r}: a full import path can name any class of {head!r} (some run "
+                          f"code, e.g. an Inferencer reading a .py config); use a registry name, plain or "
+                          f"scoped ({head}.{parts[-1]}); {TRUST_HINT}")
     if len(parts) > 1 and key != '_scope_':
         from mmengine.utils import get_object_from_string
         try:

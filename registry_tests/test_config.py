@@ -377,3 +377,21 @@ def test_tools_pass_trust_config_to_the_runner(tool, tmp_path, monkeypatch):
         with pytest.raises(SystemExit):
             module.main(argv + flag)
     assert seen == [False, True]
+
+
+def test_full_import_paths_to_classes_of_trusted_packages_are_refused(tmp_path):
+    """A class of a trusted package can still run code: mmseg's MMSegInferencer reads (runs) the .py
+    config named by its `model` argument, reached by its full import path."""
+    from mmengine.registry import MODELS
+    marker = tmp_path / 'RAN'
+    write(tmp_path, 'payload.py', f"_ran = __import__('os').makedirs({str(marker)!r})\nmodel = dict(type='X')\n")
+    path = write(tmp_path, 'c.yaml', "a: 1\nmodel: {type: mmseg.apis.MMSegInferencer, "
+                                     f"model: {str(tmp_path / 'payload.py')!r}}}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: type 'mmseg.apis.MMSegInferencer': a full import path.*"
+                                          r"--trust-config"):
+        load_config(path)
+    assert not marker.exists()
+    assert load_config(write(tmp_path, 'd.yaml', "model: {type: mmseg.EncoderDecoder}\n")).model.type  # scoped: fine
+    with pytest.raises(Exception):                # why: with trust, mmengine's registry builds it and runs the file
+        MODELS.build(load_config(path, trust=True).model)
+    assert marker.exists()
