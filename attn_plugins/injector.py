@@ -47,7 +47,8 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .registry import IN_BLOCK_GATES, ConfigError, block_options, build, did_you_mean, get_block, snake_name
+from .registry import (IN_BLOCK_GATES, ConfigError, block_options, build, did_you_mean, get_block, input_dims,
+                       snake_name)
 
 SPEC_KEYS = ('type', 'where', 'regex', 'module_type', 'select', 'position', 'channels', 'stack', 'output_index')
 POSITIONS = ('after', 'before', 'replace')
@@ -391,7 +392,7 @@ def _check_target(path: str, module: nn.Module, kind: str, type_name: str, where
                           "that gives feature maps")
 
 
-def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: str) -> None:
+def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: str, options=None) -> None:
     """Refusals decided by what the module did in the probing forward."""
     shown = path or '.'
     if probed.calls > 1:
@@ -405,9 +406,11 @@ def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: 
         described = f"a dict with keys {list(value)}" if isinstance(value, dict) else f"{len(value)} outputs"
         raise ConfigError(f"{where}: {shown!r} returns {described}; choose the maps to attend with "
                           "'output_index' (position 'after')")
-    if isinstance(value, tuple) and len(value) < 3:
-        raise ConfigError(f"{where}: {type_name} needs (B, C, ...) feature maps, but {shown!r} "
-                          f"{'takes' if kind == 'before' else 'gives'} a {value} tensor")
+    dims = input_dims(type_name, options)
+    if isinstance(value, tuple) and len(value) != dims and not (dims == 3 and len(value) > 3):
+        raise ConfigError(f"{where}: {type_name} needs {dims}-dimensional (B, C, ...) feature maps, but {shown!r} "
+                          f"{'takes' if kind == 'before' else 'gives'} a {value} tensor (tokens (B, N, C) or vectors "
+                          "are not maps; target a module that gives channels-first maps)")
     if kind == 'replace' and isinstance(probed.input, tuple) and probed.input != probed.output:
         raise ConfigError(f"{where}: position 'replace' needs a module whose output has its input's shape "
                           f"(the block takes its input and must give what follows the same shape); {shown!r} "
@@ -460,7 +463,7 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
         seen = probe(model, [m for _, m in hosts], example_input, strict=needs_probe) or {}
         for path, m in hosts:
             if id(m) in seen:
-                _check_probed(path, seen[id(m)], kind, type_name, where)
+                _check_probed(path, seen[id(m)], kind, type_name, where, options)
                 probed = _channels_of(seen[id(m)].input if kind == 'before' else seen[id(m)].output)
                 if id(m) not in channels and isinstance(probed, int):
                     channels[id(m)] = probed
@@ -507,7 +510,7 @@ def _inject_outputs(model, spec, where, kind, child_name, example_input, block_c
         shown = path or '.'
         probed = seen.get(id(module), _Probed())
         if probed.calls > 1:
-            _check_probed(path, probed, kind, type_name, where)
+            _check_probed(path, probed, kind, type_name, where, options)
         shapes = probed.output
         attrs = {}
         for index in indices:

@@ -31,6 +31,17 @@ BLOCKS: dict[str, type[nn.Module]] = {
 IN_BLOCK_GATES = ('SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
                   'NonLocal', 'PyramidAttention')
 
+def input_dims(block_type: str, options: Mapping[str, Any] | None = None) -> int:
+    """Dimensions of the (B, C, *spatial) maps a one-map block takes: 3 for ChannelAttention
+    (any spatial rank), dim + 2 for NonLocal / PyramidAttention, 4 (images) for the rest."""
+    options = options or {}
+    if block_type == 'ChannelAttention':
+        return 3
+    if block_type in ('NonLocal', 'PyramidAttention'):
+        return int(options.get('dim', 2)) + 2
+    return 4
+
+
 # Decode heads registered by the mmseg integration; listed here so names live in one place.
 HEADS = ('DualAttentionHead', 'NonLocalHead', 'PyramidAttentionHead')
 

@@ -209,6 +209,17 @@ def test_probe_uses_the_models_expected_input_size():
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
+def test_token_outputs_are_not_maps():
+    """A ViT block gives (B, N, C) tokens: refused at inject, not at forward with N taken as channels."""
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, depth=1)
+    for block_type in ('SE', 'CBAM', 'NonLocal'):
+        with pytest.raises(ConfigError, match=r"needs 4-dimensional .* gives a \(1, 197, 192\) tensor"):
+            inject(model, [dict(type=block_type, where='blocks.0', position='after')])
+    inject(model, [dict(type='ChannelAttention', where='patch_embed.proj', position='after')])   # maps: fine
+    with pytest.raises(ConfigError, match=r"needs 5-dimensional"):       # a 3D block on 2D maps
+        inject(timm.create_model('resnet18'), [dict(type='NonLocal', dim=3, where='layer1.0', position='after')])
+
+
 def test_where_dot_is_the_model_itself():
     model = timm.create_model('resnet18', num_classes=0, global_pool='')    # returns the last map
     inject(model, [dict(type='SE', where='.', position='after')])
@@ -284,7 +295,7 @@ def test_linear_layers_are_refused_at_inject(position):
 
 def test_vectors_and_shape_changing_replacements_are_refused():
     model = timm.create_model('resnet18')
-    with pytest.raises(ConfigError, match=r"SE needs \(B, C, \.\.\.\) feature maps, but 'global_pool' gives a "
+    with pytest.raises(ConfigError, match=r"SE needs 4-dimensional \(B, C, \.\.\.\) feature maps, but 'global_pool' gives a "
                                           r"\(1, 512\) tensor"):
         inject(model, [dict(type='SE', where='global_pool', position='after')])
     with pytest.raises(ConfigError, match=r"'replace' needs a module whose output has its input's shape.*"
