@@ -112,14 +112,33 @@ def test_pca_loss_is_kept_while_training_and_handed_out_once():
     block.eval()
     block(x)
     assert block.pca_loss is None and auxiliary_losses(block) == {}
-    with torch.no_grad():
+    with torch.no_grad():       # the target is detached anyway: W still trains (re-entrant checkpointing)
         block.train()(x)
-    assert auxiliary_losses(block) == {}, 'no graph, nothing to train'
+    assert auxiliary_losses(block)['loss_pca'].requires_grad
     unweighted = m.PyramidAttention(8, pca_loss_weight=0).train()
     unweighted(x)
     assert unweighted.pca_loss is not None and auxiliary_losses(unweighted) == {}
     with pytest.raises(ValueError, match='pca_loss_weight'):
         m.PyramidAttention(8, pca_loss_weight=-1)
+
+
+@pytest.mark.parametrize('reentrant', [True, False])
+def test_pca_loss_survives_gradient_checkpointing(reentrant):
+    """mmcv/mmseg `with_cp=True` and timm's grad checkpointing re-run the block in backward: the loss
+    of the forward is collected, trains W, and the recompute neither replaces it nor warns."""
+    from torch.utils.checkpoint import checkpoint
+    block = m.PyramidAttention(8).train()
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for _ in range(2):
+            out = checkpoint(block, x, use_reentrant=reentrant)
+            losses = auxiliary_losses(block)
+            assert set(losses) == {'loss_pca'}
+            block.components.grad = None
+            (out.sum() + losses['loss_pca']).backward()
+            assert block.components.grad is not None and block.components.grad.abs().sum() > 0
+            assert auxiliary_losses(block) == {}, 'the recompute in backward kept a second loss'
 
 
 def test_uncollected_loss_warns_once():

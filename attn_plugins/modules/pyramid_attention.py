@@ -156,7 +156,7 @@ class PyramidAttention(HostInit, nn.Module):
         return torch.einsum('k,bkn->bn', self.score.to(proj.dtype), proj / spread)
 
     def _keep_pca_loss(self, centred: torch.Tensor) -> None:
-        if not (self.training and torch.is_grad_enabled()):
+        if not self.training:
             self.pca_loss, self._pca_loss_pending = None, False
             return
         if self._pca_loss_pending and self.pca_loss_weight and not self._warned_uncollected:
@@ -164,7 +164,11 @@ class PyramidAttention(HostInit, nn.Module):
             warnings.warn("PyramidAttention: the PCA loss of the previous training forward was never collected; "
                           "add sum(attn_plugins.auxiliary_losses(model).values()) to the training loss (mmengine: "
                           "custom_hooks=[dict(type='AuxiliaryLossHook')]), or set pca_loss_weight=0", stacklevel=3)
-        self.pca_loss = self.pca_loss_of(centred)
+        with torch.enable_grad():   # the target is detached, so this trains W even when the forward ran under
+            loss = self.pca_loss_of(centred)   # no_grad (re-entrant checkpointing, e.g. mmcv with_cp)
+        if _in_backward():      # checkpointing re-runs this forward in backward (same ops, so the same saved
+            return              # tensors): the forward's loss was kept already
+        self.pca_loss = loss
         self._pca_loss_pending = True
 
     def pca_loss_of(self, centred: torch.Tensor) -> torch.Tensor:
@@ -184,6 +188,12 @@ class PyramidAttention(HostInit, nn.Module):
             return {}
         self._pca_loss_pending = False
         return {'loss_pca': self.pca_loss * self.pca_loss_weight}
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass (where checkpointing recomputes forwards)."""
+    task_id = getattr(torch._C, '_current_graph_task_id', None)
+    return task_id is not None and task_id() >= 0
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
