@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -59,7 +60,12 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         from mmengine.config import Config
         cfg.experiment_name = cfg.get('experiment_name') or name     # mmengine derives it from the filename
         cfg = Config(cfg.to_dict())
-    runner = Runner.from_cfg(cfg)
+    try:
+        runner = Runner.from_cfg(cfg)
+    except TypeError as err:        # a config option the class does not take (mmengine names the class)
+        if not re.search(r"unexpected keyword argument|required (keyword-only |positional )?argument", str(err)):
+            raise
+        raise ConfigError(f"{config}: {err}; check the config keys (and --cfg-options) of that class") from None
     if load_from is not None and not allow_partial_checkpoint:
         from mmengine.model import is_model_wrapper
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -318,6 +318,9 @@ def test_tools_report_user_errors_in_one_line(tmp_path, capsys):
     assert 'no checkpoint to resume' in one_error_line(capsys, 'train.py')
     assert train.main([config, '--work-dir', str(tmp_path / 'empty'), '--resume', str(text)]) == 2
     assert 'not a PyTorch checkpoint' in one_error_line(capsys, 'train.py')
+    assert train.main([config, '--work-dir', str(tmp_path / 'w2'), '--cfg-options', 'model.nonsense=1']) == 2
+    err = one_error_line(capsys, 'train.py')
+    assert "unexpected keyword argument 'nonsense'" in err and 'EncoderDecoder' in err
 
 
 def test_test_tool_refuses_a_checkpoint_of_another_model(toy_data, tmp_path, capsys):
