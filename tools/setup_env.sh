@@ -57,9 +57,18 @@ fi
 
 log "mmdet 3.3.0, mmsegmentation 1.2.2"
 "${PIP[@]}" install -q mmdet==3.3.0 mmsegmentation==1.2.2 pycocotools shapely scipy terminaltables prettytable
+log "mmaction2 1.2.0 (video) + einops, decord, importlib_metadata<9 (9+ needs lazy_importer); h5py (gaze data)"
+"${PIP[@]}" install -q --no-deps mmaction2==1.2.0
+"${PIP[@]}" install -q einops decord "importlib_metadata<9" h5py
+# mmaction2 1.2.0's PyPI package lacks mmaction/models/localizers/drn, which its
+# localizers/__init__.py imports: install a placeholder that raises a clear error if DRN is built.
+drn_dir=$("$VENV/bin/python" -c "import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec('mmaction').origin), 'models', 'localizers', 'drn'))")
+if [ ! -f "$drn_dir/drn.py" ] || grep -q "attn_plugins" "$drn_dir/drn.py"; then
+  mkdir -p "$drn_dir" && cp tools/mmaction_drn/__init__.py tools/mmaction_drn/drn.py "$drn_dir/"
+fi
 log "attn_plugins (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, timm, attn_plugins" \
+"$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmaction.models, h5py, timm, attn_plugins" \
   || { echo "[setup] import check failed" >&2; exit 1; }
 echo "$want" > "$STAMP"
 log "done: $VENV"
