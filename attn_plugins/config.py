@@ -299,7 +299,7 @@ def _package_base(base: str, at: str, parent: str, trust: bool) -> dict:
                               f"(no absolute path, no '..'); {TRUST_HINT}")
     spec = importlib.util.find_spec(package) if _installed(package) else None
     if spec is None or not spec.submodule_search_locations:
-        extra = {'mmseg': 'seg', 'mmdet': 'det'}.get(package, 'all')
+        extra = {'mmseg': 'seg', 'mmdet': 'det', 'mmaction': 'video'}.get(package, 'all')
         raise ConfigError(f"{at}: _base_ {base!r} needs the {package} package; pip install attn_plugins[{extra}]")
     try:
         path, _scope = Config._get_cfg_path(base, parent)   # mmengine's own resolution of pkg::path
