@@ -1,0 +1,143 @@
+"""The blocks on a CUDA device: the same numbers as on the CPU (fp32, forward and backward, dense and
+chunked), sane mixed precision (bf16 / fp16 autocast), float64 gradcheck of the flash backward, bounded
+training memory, and injection into a timm model. Skipped where no GPU is visible (CI); run on a GPU
+machine with `pytest registry_tests/test_cuda.py` (it needs torch and timm only)."""
+import copy
+
+import pytest
+import torch
+
+import blocks_zoo as zoo
+from conftest import randomize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+CUDA = torch.device('cuda')
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """No TF32: CUDA fp32 matmuls must match the CPU's to fp32 rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _pair(name, channels=16):
+    cpu = zoo.activate(randomize(zoo.make(name, channels))).train()
+    return cpu, copy.deepcopy(cpu).to(CUDA)
+
+
+def _run(block, x, autocast_dtype=None):
+    x = x.clone().requires_grad_(True)
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        outs = zoo.outputs(block(x))
+    loss = sum((o.float() * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum()
+               for o in outs if o.requires_grad)
+    loss.backward()
+    grads = {n: p.grad for n, p in block.named_parameters() if p.grad is not None}
+    return [o.detach() for o in outs], x.grad, grads
+
+
+def _close(a, b, tol, floor=1e-6):
+    """max |a - b| below tol x max |b| (or x floor, for values that are rounding noise of larger sums)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    err = (a - b).abs().max().item() / max(b.abs().max().item(), floor)
+    assert err < tol, f'relative max error {err:.2e} >= {tol}'
+
+
+@pytest.mark.parametrize('chunked', [False, True], ids=['dense', 'chunked'])
+@pytest.mark.parametrize('name', zoo.NAMES)
+def test_cuda_matches_cpu_in_training(name, chunked, monkeypatch):
+    cpu, gpu = _pair(name)
+    x = torch.randn(2, 16, 12, 10)
+    if chunked:
+        from attn_plugins.modules import _helpers
+        if not zoo.chunking_modules(cpu):
+            pytest.skip('no chunked attention in this block')
+        monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)
+        zoo.set_chunk_rows(cpu, x, rows=7)
+        zoo.set_chunk_rows(gpu, x.to(CUDA), rows=7)
+    out_c, gx_c, gp_c = _run(cpu, x)
+    out_g, gx_g, gp_g = _run(gpu, x.to(CUDA))
+    assert all(o.is_cuda for o in out_g)
+    for a, b in zip(out_g, out_c):
+        _close(a, b, 1e-4)
+    _close(gx_g, gx_c, 1e-4)
+    assert gp_g.keys() == gp_c.keys()
+    largest = max(g.abs().max().item() for g in gp_c.values())
+    for key in gp_c:     # a gradient that sums to ~0 is compared at the scale of the block's largest
+        _close(gp_g[key], gp_c[key], 1e-4, floor=1e-2 * largest)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('name', zoo.NAMES)
+def test_cuda_autocast_close_to_fp32(name, dtype, monkeypatch):
+    from attn_plugins.modules import _helpers
+    monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)    # the flash path, where there is one
+    _, gpu = _pair(name)
+    x = torch.randn(2, 16, 12, 10, device=CUDA)
+    if zoo.chunking_modules(gpu):
+        zoo.set_chunk_rows(gpu, x, rows=16)
+    ref_out, ref_gx, _ = _run(gpu, x)
+    gpu.zero_grad()
+    out, gx, grads = _run(gpu, x, dtype)
+    for a, b in zip(out, ref_out):
+        _close(a, b, 5e-2)
+    _close(gx, ref_gx, 8e-2)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_cuda_flash_gradcheck_multichunk_float64():
+    from attn_plugins.modules._flash import flash_softmax_attention
+    q = torch.randn(2, 23, 5, device=CUDA, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 19, device=CUDA, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 7, 19, device=CUDA, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: flash_softmax_attention(a, b, c, 0.7, chunk=6), (q, k, v))
+
+
+def test_cuda_concat_gradcheck_multichunk_float64():
+    from attn_plugins.modules._flash import chunked_concat_attention
+    a = torch.randn(2, 17, device=CUDA, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 13, device=CUDA, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 4, 13, device=CUDA, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y, z: chunked_concat_attention(x, y, z, chunk=5), (a, b, v))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_cuda_position_attention_training_memory_is_bounded(dtype):
+    """PAM on 1x128x128x128 (N = 16384): a dense score map is 16384² x 4 B = 1 GiB per copy in fp32;
+    a training step must stay far below one copy beyond its inputs, activations and weights."""
+    from attn_plugins.modules import PositionAttention
+    block = zoo.activate(PositionAttention(128)).to(CUDA).train()
+    x = torch.randn(1, 128, 128, 128, device=CUDA, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        block(x).float().square().mean().backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    one_map = 16384 ** 2 * 4
+    assert extra < 0.25 * one_map, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 1024 MiB)'
+    assert torch.isfinite(x.grad).all()
+
+
+def test_cuda_injected_timm_resnet_channels_last_autocast():
+    timm = pytest.importorskip('timm')
+    from attn_plugins import inject
+    model = timm.create_model('resnet18', num_classes=10)
+    inject(model, [dict(type='CBAM', where='layer*.*', position='after:bn2'),
+                   dict(type='NonLocal', where='layer3.0', position='after')])
+    model = model.to(CUDA).to(memory_format=torch.channels_last).train()
+    assert len(model.attn_plugins_report) == 9
+    x = torch.randn(4, 3, 96, 96, device=CUDA).to(memory_format=torch.channels_last)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        logits = model(x)
+    logits.float().logsumexp(1).mean().backward()
+    assert logits.shape == (4, 10) and logits.is_cuda
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    cpu = copy.deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        _close(model.eval()(x.float()), cpu(x.float().cpu()), 1e-3)
