@@ -1,7 +1,9 @@
-"""`attn-plugins` command line: env, list, train, test.
+"""`attn-plugins` command line: env, list, train, test, plan, viz.
 
     attn-plugins train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options K=V ...] [--launcher pytorch]
     attn-plugins test CONFIG CHECKPOINT [--out metrics.json] [--allow-partial-checkpoint] ...
+    attn-plugins plan CONFIG [--input-shape H,W] [--json PATH] [--cfg-options K=V ...]
+    attn-plugins viz CONFIG [--checkpoint CKPT] [--image PATH | --sample N] [--out DIR] [--queries X,Y ...]
 
 train and test need the `seg` (or `det`) extra; tools/train.py and tools/test.py run the same code.
 """
@@ -136,6 +138,69 @@ def test_main(argv=None, prog: str = 'attn-plugins test') -> int:
 test_main.__test__ = False   # not a pytest test
 
 
+PLAN_HELP = "show every attention block a config puts in its model, with the params and FLOPs each adds"
+PLAN_EPILOG = ("Builds the model only (no data, no training, no weight downloads) and runs one forward on a random "
+               "input. 'without blocks' is the same model with every attention block taken out. User errors "
+               "(unknown or unmatched specs, ...) exit with status 2 and one line on stderr.")
+VIZ_HELP = "draw what each attention block of a model looks at (one PNG per block)"
+VIZ_EPILOG = ("Input: --image PATH (through the config's test pipeline, or resized and normalised for a timm model) "
+              "or --sample N of the config's test (else val) dataset. Queries are x,y pixels of the model's input "
+              "image. User errors exit with status 2 and one line on stderr.")
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `attn-plugins plan`."""
+    parser.add_argument('config')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='override config keys')
+    parser.add_argument('--input-shape', nargs='+', metavar='SIZE',
+                        help='H,W or C,H,W (or a full shape without batch) of the counting forward; default: '
+                             "model.data_preprocessor.size, the test pipeline's resize scale, timm's input_size")
+    parser.add_argument('--json', metavar='PATH', help='also write the plan as JSON here')
+    parser.add_argument('--trust-config', action='store_true', help='lift the safe YAML limits (see train)')
+    return parser
+
+
+def add_viz_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `attn-plugins viz` (and tools/visualize.py)."""
+    parser.add_argument('config')
+    parser.add_argument('--checkpoint', help='model weights (default: the untrained model, with a warning)')
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('--image', help='an image file')
+    source.add_argument('--sample', type=int, metavar='N', help="sample N of the config's test (else val) dataset")
+    parser.add_argument('--out', help='output folder (default work_dirs/viz/<config name>)')
+    parser.add_argument('--queries', nargs='+', metavar='X,Y',
+                        help='query pixels for position / non-local attention (default: centre and two more)')
+    parser.add_argument('--input-shape', nargs='+', metavar='SIZE',
+                        help='H,W an --image is resized to for a model without a test pipeline (timm)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='override config keys')
+    parser.add_argument('--trust-config', action='store_true', help='lift the safe YAML limits (see train)')
+    return parser
+
+
+def run_analysis(prog: str, command_name: str, args: argparse.Namespace) -> int:
+    """Run `plan` or `viz`: exit status 0, or 2 with one line on stderr for a user error."""
+    import warnings
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')   # mmengine's import, not ours
+    from .runner import run_tool
+    if command_name == 'plan':
+        from .plan import plan_command
+        return run_tool(prog, plan_command, args)
+    from .visualize import viz_command
+    return run_tool(prog, viz_command, args)
+
+
+def plan_main(argv=None, prog: str = 'attn-plugins plan') -> int:
+    """`attn-plugins plan ...` as a function."""
+    parser = argparse.ArgumentParser(prog=prog, description=PLAN_HELP, epilog=PLAN_EPILOG)
+    return run_analysis(prog, 'plan', add_plan_arguments(parser).parse_args(argv))
+
+
+def viz_main(argv=None, prog: str = 'attn-plugins viz') -> int:
+    """`attn-plugins viz ...` as a function (tools/visualize.py calls it with prog='visualize.py')."""
+    parser = argparse.ArgumentParser(prog=prog, description=VIZ_HELP, epilog=VIZ_EPILOG)
+    return run_analysis(prog, 'viz', add_viz_arguments(parser).parse_args(argv))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='attn-plugins', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -143,6 +208,8 @@ def main(argv=None) -> int:
     sub.add_parser('list', help='list registered blocks and heads')
     add_train_arguments(sub.add_parser('train', help=TRAIN_HELP, description=TRAIN_HELP, epilog=TRAIN_EPILOG))
     add_test_arguments(sub.add_parser('test', help=TEST_HELP, description=TEST_HELP, epilog=TEST_EPILOG))
+    add_plan_arguments(sub.add_parser('plan', help=PLAN_HELP, description=PLAN_HELP, epilog=PLAN_EPILOG))
+    add_viz_arguments(sub.add_parser('viz', help=VIZ_HELP, description=VIZ_HELP, epilog=VIZ_EPILOG))
     args = parser.parse_args(argv)
     if args.command == 'env':
         return env()
@@ -150,6 +217,8 @@ def main(argv=None) -> int:
         import attn_plugins
         print('\n'.join(attn_plugins.list_plugins()))
         return 0
+    if args.command in ('plan', 'viz'):
+        return run_analysis(f'attn-plugins {args.command}', args.command, args)
     if args.command == 'train':
         return run_command('attn-plugins train', train, args)
     return run_command('attn-plugins test', evaluate, args)

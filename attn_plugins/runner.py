@@ -66,6 +66,12 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         if not re.search(r"unexpected keyword argument|required (keyword-only |positional )?argument", str(err)):
             raise
         raise ConfigError(f"{config}: {err}; check the config keys (and --cfg-options) of that class") from None
+    except KeyError as err:         # a type no registry holds: name its config key, as `attn-plugins plan` does
+        from .plan import registry_error
+        converted = registry_error(err, cfg.get('model'), cfg.get('default_scope'))
+        if converted is None:
+            raise
+        raise ConfigError(f"{config}: {converted}") from None
     if load_from is not None and not allow_partial_checkpoint:
         from mmengine.model import is_model_wrapper
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

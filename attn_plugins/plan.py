@@ -1,0 +1,313 @@
+"""`attn-plugins plan CONFIG`: what a config puts where and what it costs, before any training.
+
+Builds the config's model (no data, no training, no weight downloads: `init_weights` is not
+called), finds every attention block in it (injected by specs, OpenMMLab `plugins`, timm's
+`attn_layer`, or part of a head such as DualAttentionHead's PAM and CAM) and runs one forward on
+a random input counting parameters and FLOPs (`attn_plugins.analysis`). The model "without
+blocks" is the same model with every attention block taken out (the identity in its place):
+its totals are the model's minus the blocks' own (a block put in with position 'replace' took
+the place of a module whose cost is not known here; such rows are marked).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .analysis import attention_blocks, count_flops, count_params, flops
+from .registry import ConfigError, did_you_mean
+
+DEFAULT_SHAPE = (3, 224, 224)
+
+
+# ---------------------------------------------------------------- building
+def _registry_names(scope: str | None) -> list[str]:
+    from mmengine.registry import MODELS
+    names = set(MODELS.module_dict)
+    for child in MODELS.children.values():
+        if scope is None or child.scope == scope or child.scope == 'attn_plugins':
+            names.update(child.module_dict)
+    return sorted(names)
+
+
+def _known_type(name: str) -> bool:
+    from mmengine.registry import MODELS, TASK_UTILS, WEIGHT_INITIALIZERS
+    for root in (MODELS, TASK_UTILS, WEIGHT_INITIALIZERS):
+        try:
+            with root.switch_scope_and_registry(None) as registry:     # the current scope's registry
+                if registry.get(name) is not None:
+                    return True
+        except Exception:  # noqa: BLE001 - a scoped name of a scope that cannot be imported
+            continue
+    return False
+
+
+def unknown_types(cfg: Any, key: str = 'model') -> list[tuple[str, str]]:
+    """(config key, name) of every `type` in a model config that no registry of the current scope
+    holds (models, task utils, weight initialisers); 'timm/<name>' model types are timm's."""
+    found = []
+    if isinstance(cfg, dict):
+        name = cfg.get('type')
+        if isinstance(name, str) and not name.startswith('timm/') and not _known_type(name):
+            found.append((f'{key}.type', name))
+        for k, v in cfg.items():
+            if k != 'type':
+                found += unknown_types(v, f'{key}.{k}')
+    elif isinstance(cfg, (list, tuple)):
+        for i, v in enumerate(cfg):
+            found += unknown_types(v, f'{key}.{i}')
+    return found
+
+
+def registry_error(err: Exception, model_cfg: Any, scope: str | None) -> ConfigError | None:
+    """A one-line ConfigError naming the config key and offering a did-you-mean, for mmengine's
+    'X is not in the ... registry' or mmcv's 'Cannot find None in registry' (raised from any depth of
+    a model config and not naming the key); None for another error."""
+    text = str(err.args[0]) if err.args else str(err)
+    if not re.search(r"is not in the \S+ registry|Cannot find \S+ in registry", text):
+        return None
+    unknown = unknown_types(model_cfg)
+    if not unknown:
+        return None
+    key, name = unknown[0]
+    return ConfigError(f"{key}: unknown type {name!r} (not registered in scope {scope or 'mmengine'!r})"
+                       f"{did_you_mean(name, _registry_names(scope))}")
+
+
+def build_config_model(cfg) -> nn.Module:
+    """The model of a loaded config (`attn_plugins.config.load_config`), built as training builds
+    it: in the config's default scope, through mmengine's MODELS (or timm for 'timm/<name>'), with
+    a top-level `plugins:` list injected. Weights are not initialised (nothing is downloaded)."""
+    from mmengine.registry import init_default_scope
+
+    from .config import build_model
+    model_cfg = cfg.get('model')
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"model: expected a mapping with 'type', got {type(model_cfg).__name__}")
+    scope = cfg.get('default_scope')
+    if scope:
+        init_default_scope(scope)
+    try:
+        return build_model(model_cfg)
+    except (KeyError, ConfigError) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, KeyError) else err
+        converted = registry_error(cause, model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg,
+                                   scope)
+        if converted is not None:
+            raise converted from None
+        raise
+
+
+# ---------------------------------------------------------------- inputs
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """'512,1024' or '512x1024' (H, W; 3 channels), '3,512,1024' (C, H, W), or more values
+    (a full input shape without the batch dimension, e.g. '1,3,8,224,224' for a video model)."""
+    values = [text] if isinstance(text, str) else list(text)
+    parts = [p for v in values for p in re.split(r'[,x\s]+', str(v).strip()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--input-shape: expected integers such as 512,1024 or 3,512,1024, got {text!r}") from None
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ConfigError(f"--input-shape: expected H,W or C,H,W (positive), got {text!r}")
+    return (3, *shape) if len(shape) == 2 else shape
+
+
+def _pipeline_scale(cfg) -> tuple[int, int] | None:
+    for loader in ('test_dataloader', 'val_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        for transform in dataset.get('pipeline') or []:
+            scale = transform.get('scale') if isinstance(transform, dict) else None
+            if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
+                return int(scale[1]), int(scale[0])          # mmcv scales are (w, h)
+    return None
+
+
+def default_input_shape(cfg, model: nn.Module) -> tuple[tuple[int, ...], str]:
+    """The input shape (without batch) a config implies, and where it came from."""
+    size = ((cfg.get('model') or {}).get('data_preprocessor') or {}).get('size')
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return (3, int(size[0]), int(size[1])), 'model.data_preprocessor.size'
+    scale = _pipeline_scale(cfg)
+    if scale:
+        return (3, *scale), "the test pipeline's resize scale"
+    input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+    if input_size:
+        return tuple(int(s) for s in input_size), "timm's pretrained_cfg input_size"
+    return DEFAULT_SHAPE, 'default'
+
+
+def dummy_data_samples(scope: str | None, shape: Sequence[int]) -> list | None:
+    """One data sample of the scope's structures (SegDataSample, DetDataSample, ...) with the
+    image metainfo heads read at inference; None where the scope has no such class."""
+    if not scope:
+        return None
+    import importlib
+    try:
+        structures = importlib.import_module(f'{scope}.structures')
+    except ImportError:
+        return None
+    classes = [getattr(structures, n) for n in dir(structures) if n.endswith('DataSample')]
+    if not classes:
+        return None
+    height, width = int(shape[-2]), int(shape[-1])
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                batch_input_shape=(height, width), scale_factor=(1.0, 1.0), flip=False, img_path='')
+    return [classes[0](metainfo=meta)]
+
+
+def forward_call(model: nn.Module, inputs: torch.Tensor, scope: str | None):
+    """A function running one inference forward of `model` on `inputs` (mmengine models in
+    'tensor' mode, without the data preprocessor; any other module called directly)."""
+    from mmengine.model import BaseModel
+    if isinstance(model, BaseModel):
+        samples = dummy_data_samples(scope, inputs.shape)
+        return lambda: model(inputs, samples, mode='tensor')
+    return lambda: model(inputs)
+
+
+# ---------------------------------------------------------------- the plan
+def _reports(model: nn.Module) -> dict[str, Any]:
+    """Block path -> the injector's Insertion record, from every attn_plugins_report in the model."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for record in getattr(module, 'attn_plugins_report', None) or []:
+            found[f'{prefix}.{record.attr}' if prefix else record.attr] = (prefix, record)
+    return found
+
+
+def _via(model: nn.Module, path: str, reports: dict) -> str:
+    """How the block got there: an injection spec, an OpenMMLab plugin, or part of its parent."""
+    if path in reports:
+        prefix, record = reports[path]
+        host = record.path if record.path != '.' else ''
+        host = f'{prefix}.{host}' if prefix and host else (prefix or host or '.')
+        return f"inject {record.position} {host}"
+    parent_path, _, name = path.rpartition('.')
+    parent = model.get_submodule(parent_path) if parent_path else model
+    for attr, names in vars(parent).items():         # mmcv ResNet plugins: after_conv3_plugin_names, ...
+        if attr.endswith('_plugin_names') and isinstance(names, (list, tuple)) and name in names:
+            return f"plugin {attr[:-len('_plugin_names')]} of {type(parent).__name__}"
+    return f"part of {type(parent).__name__}"
+
+
+def _cost(params: int, counter) -> dict:
+    return dict(params=int(params), macs=int(counter.get('macs', 0)), other_flops=int(counter.get('other', 0)),
+                flops=flops(counter))
+
+
+def make_plan(config: str, cfg_options=None, input_shape=None, trust_config: bool = False) -> dict:
+    """The plan of `config` as a dict (what `--json` writes)."""
+    from collections import Counter
+
+    from .config import load_config
+    cfg = load_config(config, cfg_options, trust=trust_config)
+    model = build_config_model(cfg).eval()
+    if input_shape is not None:
+        shape, source = parse_shape(input_shape), '--input-shape'
+    else:
+        shape, source = default_input_shape(cfg, model)
+    inputs = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    blocks = attention_blocks(model)
+    try:
+        count, _ = count_flops(forward_call(model, inputs, cfg.get('default_scope')), blocks)
+    except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as err:
+        raise ConfigError(f"{config}: the forward on a {'x'.join(map(str, (1, *shape)))} input ({source}) "
+                          f"failed ({type(err).__name__}: {err}); pass --input-shape") from err
+    reports = _reports(model)
+    rows, added_params, added = [], 0, Counter()
+    for path, block in blocks:
+        params = count_params(block)
+        record = reports.get(path, (None, None))[1]
+        row = dict(path=path, type=_block_name(block), channels=getattr(block, 'channels', None),
+                   via=_via(model, path, reports), calls=int(count.calls[path]),
+                   replaces=bool(record is not None and record.position == 'replace'),
+                   **_cost(params, count.blocks[path]))
+        if hasattr(block, 'in_channels') and isinstance(getattr(block, 'in_channels'), (list, tuple)):
+            row['in_channels'] = list(block.in_channels)
+        rows.append(row)
+        added_params += params
+        added.update(count.blocks[path])
+    total_params = count_params(model)
+    with_blocks = _cost(total_params, count.total)
+    without = {k: with_blocks[k] - v for k, v in _cost(added_params, added).items()}
+    return dict(config=config, model=type(model).__name__, input_shape=[1, *shape], input_shape_from=source,
+                flops_convention=('macs: multiply-adds of convolutions and matrix products (as mmengine.analysis); '
+                                  'other: element-wise ops, reductions, softmax (5 per element), norms, resizes, '
+                                  'pools (see attn_plugins.analysis); flops = macs + other'),
+                insertions=rows,
+                totals=dict(with_blocks=with_blocks, without_blocks=without, added=_cost(added_params, added),
+                            ratio={k: (with_blocks[k] / without[k] if without[k] else None)
+                                   for k in ('params', 'flops')}),
+                uncounted_ops=dict(sorted(count.uncounted.items())))
+
+
+def _block_name(block: nn.Module) -> str:
+    from .registry import BLOCKS
+    for name, cls in BLOCKS.items():
+        if type(block) is cls or type(block).__name__ == name:
+            return name
+    return type(block).__name__
+
+
+def human(value: float, unit: str = '') -> str:
+    """12345678 -> '12.35 M' (K, M, G, T)."""
+    for scale, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:g} {unit}".rstrip()
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as a text table."""
+    lines = [f"{plan['config']}: {plan['model']}, input {'x'.join(map(str, plan['input_shape']))} "
+             f"(from {plan['input_shape_from']})"]
+    rows = [('module path', 'block', 'channels', 'via', 'params', 'FLOPs', 'of which MACs')]
+    for r in plan['insertions']:
+        calls = f" x{r['calls']} calls" if r['calls'] > 1 else ('' if r['calls'] else ' (did not run)')
+        rows.append((r['path'] + (' *' if r['replaces'] else ''), r['type'], str(r['channels']), r['via'],
+                     f"{r['params']:,}", human(r['flops']) + calls, human(r['macs'])))
+    totals = plan['totals']
+    rows.append(('', '', '', '', '', '', ''))
+    for key, label in (('with_blocks', 'total with blocks'), ('without_blocks', 'total without blocks'),
+                       ('added', 'added by the blocks')):
+        t = totals[key]
+        rows.append((label, '', '', '', f"{t['params']:,}", human(t['flops']), human(t['macs'])))
+    ratio = totals['ratio']
+    rows.append(('with / without', '', '', '', _ratio(ratio['params']), _ratio(ratio['flops']), ''))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append('  '.join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines.append(f"{len(plan['insertions'])} attention block(s); 'without blocks': the same model with each "
+                 "attention block taken out (the identity in its place).")
+    lines.append(f"FLOPs: {plan['flops_convention']}.")
+    if any(r['replaces'] for r in plan['insertions']):
+        lines.append("* put in with position 'replace': the replaced module's cost is not subtracted")
+    if plan['uncounted_ops']:
+        lines.append("operators not counted (not in attn_plugins.analysis' tables): "
+                     + ', '.join(f"{k} x{v}" for k, v in plan['uncounted_ops'].items()))
+    return '\n'.join(lines)
+
+
+def _ratio(value) -> str:
+    return f"{value:.4f}x" if isinstance(value, (int, float)) and math.isfinite(value) else '-'
+
+
+def plan_command(args) -> int:
+    """`attn-plugins plan` (see cli.py)."""
+    import warnings
+    warnings.filterwarnings('ignore', category=UserWarning, module=r'mm(seg|det|engine|cv|action)')
+    plan = make_plan(args.config, args.cfg_options, args.input_shape, args.trust_config)
+    print(format_plan(plan))
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(plan, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
