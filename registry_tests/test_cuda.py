@@ -141,3 +141,38 @@ def test_cuda_injected_timm_resnet_channels_last_autocast():
     cpu = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():
         _close(model.eval()(x.float()), cpu(x.float().cpu()), 1e-3)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
+def test_cuda_non_local_training_memory_is_bounded(dtype):
+    """NonLocal (Ck = Cv: SDPA's fused kernels on CUDA) on 1x128x128x128: far below one dense map."""
+    from attn_plugins.modules import NonLocal
+    block = zoo.activate(NonLocal(128)).to(CUDA).train()
+    x = torch.randn(1, 128, 128, 128, device=CUDA, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        block(x).float().square().mean().backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 0.25 * 16384 ** 2 * 4, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 1024 MiB)'
+
+
+def test_cuda_fused_kernel_used_for_equal_widths_and_chunks_otherwise(monkeypatch):
+    """Ck == Cv goes to a fused SDPA kernel; PAM's Ck != Cv to our chunks of >= CUDA_CHUNK_ELEMENTS."""
+    from attn_plugins.modules import _helpers
+    calls = []
+    real_sdpa, real_flash = torch.nn.functional.scaled_dot_product_attention, _helpers.flash_softmax_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda *a, **k: calls.append('sdpa') or real_sdpa(*a, **k))
+    monkeypatch.setattr(_helpers, 'flash_softmax_attention',
+                        lambda q, k, v, s, rows: calls.append(('flash', rows)) or real_flash(q, k, v, s, rows))
+    n = 4096
+    q = torch.randn(2, n, 32, device=CUDA, requires_grad=True)
+    k = torch.randn(2, 32, n, device=CUDA, requires_grad=True)
+    _helpers.softmax_attention(q, k, torch.randn(2, 32, n, device=CUDA, requires_grad=True)).sum().backward()
+    assert calls == ['sdpa']
+    calls.clear()
+    _helpers.softmax_attention(q, k, torch.randn(2, 256, n, device=CUDA, requires_grad=True)).sum().backward()
+    assert calls == [('flash', _helpers.CUDA_CHUNK_ELEMENTS // n)]
