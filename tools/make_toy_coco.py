@@ -13,9 +13,11 @@ on a muted textured background (learnable by a small detector). Some objects are
 occluding bar and so annotated as several polygons; some are cut by the image border; some
 images hold a crowd (a cluster of small shapes annotated once, `iscrowd=1`, as an uncompressed
 RLE `{"counts": [...], "size": [h, w]}` as real COCO crowd annotations are); some images have no
-objects at all. As in COCO, `area` is the polygon area (shoelace sum of the parts) for polygons
-and the pixel count for RLE, and `bbox` is the tight box of the mask's outline. Each image's
-pixels are painted from the pycocotools raster of its annotations, so masks match the image.
+objects at all; like real train2017, the train split holds one degenerate annotation (area 0, a
+box of height 0), which mmdet's CocoDataset drops from training. As in COCO, `area` is the
+polygon area (shoelace sum of the parts) for polygons and the pixel count for RLE, and `bbox`
+is the tight box of the outline. Each image's pixels are painted from the pycocotools raster
+of its annotations, so masks match the image.
 
 In every split the first image holds all three classes and an occluded (multi-polygon) object,
 the second a crowd and the third (if any) no object. Deterministic for a seed.
@@ -237,16 +239,17 @@ def coco_annotation(obj, mask: np.ndarray, ann_id: int, image_id: int) -> dict:
         bbox = _round(mask_utils.toBbox(compressed))
         return dict(segmentation=rle, area=area, iscrowd=1, image_id=image_id, bbox=bbox,
                     category_id=CATEGORY_IDS[obj['cls']], id=ann_id)
-    points = np.concatenate(obj['parts'])
-    x0, y0 = points.min(0)
-    x1, y1 = points.max(0)
-    return dict(segmentation=[_round(p.reshape(-1)) for p in obj['parts']],
-                area=round(sum(polygon_area(p) for p in obj['parts']), 4), iscrowd=0, image_id=image_id,
+    polygons = [_round(p.reshape(-1)) for p in obj['parts']]          # as written, 2 decimals
+    parts = [np.reshape(p, (-1, 2)) for p in polygons]
+    x0, y0 = np.concatenate(parts).min(0)
+    x1, y1 = np.concatenate(parts).max(0)
+    return dict(segmentation=polygons, area=round(sum(polygon_area(p) for p in parts), 4), iscrowd=0, image_id=image_id,
                 bbox=_round([x0, y0, x1 - x0, y1 - y0]), category_id=CATEGORY_IDS[obj['cls']], id=ann_id)
 
 
-def write_split(root: str, split: str, count: int, rng, sides=SIDES, ann_ids=None) -> dict:
-    """Images of one split under root/<split>2017 and its annotation dict (also returned)."""
+def write_split(root: str, split: str, count: int, rng, sides=SIDES, ann_ids=None, degenerate: bool = False) -> dict:
+    """Images of one split under root/<split>2017 and its annotation dict (also returned). With
+    `degenerate`, the fourth image also gets a zero-area annotation with a flat box."""
     img_dir = os.path.join(root, f'{split}2017')
     os.makedirs(img_dir, exist_ok=True)
     images, annotations = [], []
@@ -280,6 +283,12 @@ def write_split(root: str, split: str, count: int, rng, sides=SIDES, ann_ids=Non
         for obj, mask in zip(objects, masks):
             if mask.any():
                 annotations.append(coco_annotation(obj, mask, int(next(ann_ids)), image_id))
+        if degenerate and position == 3:
+            # as real train2017 has (annotation 918: area 0, a box of height 0, a flat polygon)
+            x, y = round(float(rng.uniform(10, w - 20)), 2), round(float(rng.uniform(10, h - 10)), 2)
+            annotations.append(dict(segmentation=[[x, y, x, y, x + 1.03, y, x + 1.03, y]], area=0.0, iscrowd=0,
+                                    image_id=image_id, bbox=[x, y, 1.03, 0.0], category_id=CATEGORY_IDS[DISC],
+                                    id=int(next(ann_ids))))
     return dict(
         info=dict(description='toy COCO-format shapes (attn_plugins tools/make_toy_coco.py)', url='',
                   version='1.0', year=2017, contributor='attn_plugins', date_created='2017/09/01'),
@@ -299,7 +308,7 @@ def make_toy_coco(root: str, num_train: int = 64, num_val: int = 16, seed: int =
     ann_ids = iter(range(100001, 10 ** 8, 3))       # unique over both splits
     paths = {}
     for split, count in (('train', num_train), ('val', num_val)):
-        data = write_split(root, split, count, rng, sides, ann_ids)
+        data = write_split(root, split, count, rng, sides, ann_ids, degenerate=split == 'train')
         paths[split] = os.path.join(root, 'annotations', f'instances_{split}2017.json')
         with open(paths[split], 'w') as f:
             json.dump(data, f)
