@@ -42,10 +42,13 @@ def __getattr__(name):  # lazy: keep `import attn_plugins` light
 #   mmengine      every block, InjectAttention, TimmBackbone (MODELS), the hooks, the CPU DDP wrapper
 #   timm          the ap_* model entrypoints; every block a torch.fx leaf
 #   mmseg.models  the decode heads (mmseg's MODELS imports mmseg.models before its first build)
+#   mmdet.models  AttentionNeck (likewise)
+#   mmaction.models  VideoPyramidAttentionHead; mmaction2 backbones keep injected blocks' init
 # Each integration module registers once its own import is complete (it may be the one that
 # imports the framework).
 _INTEGRATIONS = (('mmengine', 'mmengine', 'register_blocks'), ('timm', 'timm', 'register_models'),
-                 ('mmseg.models', 'mmseg', 'register_heads'))
+                 ('mmseg.models', 'mmseg', 'register_heads'), ('mmdet.models', 'mmdet', 'register_necks'),
+                 ('mmaction.models', 'mmaction', 'register_video'))
 
 
 def _register_integrations() -> None:
