@@ -71,22 +71,32 @@ def test_cuda_matches_cpu_in_training(name, chunked, monkeypatch):
         _close(gp_g[key], gp_c[key], 1e-4, floor=1e-2 * largest)
 
 
+def _relative(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
 @pytest.mark.parametrize('name', zoo.NAMES)
-def test_cuda_autocast_close_to_fp32(name, dtype, monkeypatch):
+def test_cuda_autocast_no_worse_than_cpu_autocast(name, dtype, monkeypatch):
+    """Mixed precision on the GPU departs from fp32 no more than the same autocast on the CPU does
+    (same weights, same input; outputs and input gradients, training mode, chunked paths)."""
     from attn_plugins.modules import _helpers
     monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)    # the flash path, where there is one
-    _, gpu = _pair(name)
-    x = torch.randn(2, 16, 12, 10, device=CUDA)
-    if zoo.chunking_modules(gpu):
-        zoo.set_chunk_rows(gpu, x, rows=16)
-    ref_out, ref_gx, _ = _run(gpu, x)
-    gpu.zero_grad()
-    out, gx, grads = _run(gpu, x, dtype)
-    for a, b in zip(out, ref_out):
-        _close(a, b, 5e-2)
-    _close(gx, ref_gx, 8e-2)
-    assert all(torch.isfinite(g).all() for g in grads.values())
+    cpu, gpu = _pair(name)
+    x = torch.randn(2, 16, 12, 10)
+    if zoo.chunking_modules(cpu):
+        zoo.set_chunk_rows(cpu, x, rows=16)
+        zoo.set_chunk_rows(gpu, x.to(CUDA), rows=16)
+    errors = {}
+    for device, block in (('cpu', cpu), ('cuda', gpu)):
+        ref_out, ref_gx, _ = _run(block, x.to(device))
+        block.zero_grad()
+        out, gx, grads = _run(block, x.to(device), dtype)
+        assert all(torch.isfinite(g).all() for g in grads.values())
+        errors[device] = (max(_relative(a, b) for a, b in zip(out, ref_out)), _relative(gx, ref_gx))
+    for what, cpu_err, gpu_err in zip(('output', 'input grad'), errors['cpu'], errors['cuda']):
+        assert gpu_err <= max(4 * cpu_err, 2e-2), f'{what}: cuda {gpu_err:.3g} vs cpu {cpu_err:.3g} from fp32'
 
 
 def test_cuda_flash_gradcheck_multichunk_float64():
@@ -107,11 +117,12 @@ def test_cuda_concat_gradcheck_multichunk_float64():
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
 def test_cuda_position_attention_training_memory_is_bounded(dtype):
-    """PAM on 1x128x128x128 (N = 16384): a dense score map is 16384² x 4 B = 1 GiB per copy in fp32;
-    a training step must stay far below one copy beyond its inputs, activations and weights."""
+    """PAM on 1x128x128x256 (N = 32768): a dense score map is 32768² x 4 B = 4 GiB per copy in fp32;
+    a training step must stay far below one copy beyond its inputs, activations and weights (CUDA
+    chunks are 64M scores: 256 MiB in fp32)."""
     from attn_plugins.modules import PositionAttention
     block = zoo.activate(PositionAttention(128)).to(CUDA).train()
-    x = torch.randn(1, 128, 128, 128, device=CUDA, requires_grad=True)
+    x = torch.randn(1, 128, 128, 256, device=CUDA, requires_grad=True)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -119,8 +130,8 @@ def test_cuda_position_attention_training_memory_is_bounded(dtype):
         block(x).float().square().mean().backward()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    one_map = 16384 ** 2 * 4
-    assert extra < 0.25 * one_map, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 1024 MiB)'
+    one_map = 32768 ** 2 * 4
+    assert extra < 0.2 * one_map, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 4096 MiB)'
     assert torch.isfinite(x.grad).all()
 
 
