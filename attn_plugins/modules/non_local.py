@@ -180,6 +180,18 @@ class NonLocal(HostInit, nn.Module):
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         return torch.cat(pieces, dim=2) / num_keys
 
+    @torch.jit.unused
+    def query_attention(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """f(x_q, x_j) / C(x) for the flat input positions `queries` over all key positions j
+        (sub-sampled with `sub_sample`: the grid of `self.pool(x)`): (B, Q, Nk), computed for those
+        queries only (O(Q·Nk) memory, for pictures)."""
+        check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
+        query, key = self._pairwise(x)
+        query = query[:, queries]
+        if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
+            return torch.softmax(self._softmax_scale(query) * torch.bmm(query, key), dim=-1)
+        return self._dense_weights(query, key)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out_norm(self.out_conv(self.context(x)))
 

@@ -59,5 +59,13 @@ class PositionAttention(HostInit, nn.Module):
             self.attention_map = attn
         return out.view_as(x)
 
+    @torch.jit.unused
+    def query_attention(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Rows S_q of the attention map for the flat positions `queries` (indices into H·W):
+        (B, Q, N), computed for those queries only (O(Q·N) memory, for pictures)."""
+        check_channels('PositionAttention', x, self.channels, min_dim=4)
+        query = self.query(x).flatten(2)[:, :, queries].transpose(1, 2)      # B, Q, Ck
+        return torch.softmax(self.scale * torch.bmm(query, self.key(x).flatten(2)), dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return residual_add(x, self.gamma, self.context(x))
