@@ -208,7 +208,7 @@ def _query_panels(name: str, rows: torch.Tensor, key_grid, queries) -> list[Pane
         row = rows[0, i].reshape(*key_grid)
         if row.dim() == 3:
             row = row.sum(0)                  # video: over time
-        panels.append(Panel('map', row.float().cpu().numpy(), f"{name}: query ({x:.0f}, {y:.0f})", (x, y)))
+        panels.append(Panel('map', row.float().cpu().numpy(), f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
     return panels
 
 
@@ -392,6 +392,10 @@ def visualize(config: str, checkpoint: str | None = None, image: str | None = No
     """Write one PNG per attention block of `config`'s model; returns their paths."""
     from .config import load_config
     from .plan import build_config_model, parse_shape
+    if image is not None:
+        _check_image(image)
+    if sample is not None and sample < 0:
+        raise ConfigError(f"--sample {sample}: expected a sample index >= 0")
     cfg = load_config(config, cfg_options, trust=trust_config)
     out = out or os.path.join('work_dirs', 'viz', os.path.splitext(os.path.basename(config))[0])
     if os.path.exists(out) and not os.path.isdir(out):
@@ -402,7 +406,7 @@ def visualize(config: str, checkpoint: str | None = None, image: str | None = No
         load_weights(model, checkpoint, out)
     else:
         untrained = ' - untrained'
-        warnings.warn("viz: no --checkpoint, so these are the pictures of an untrained model", stacklevel=2)
+        print("note: no --checkpoint, so these are the pictures of an untrained model")
     model.eval()
     model_input = prepare_input(cfg, model, image, sample, parse_shape(input_shape) if input_shape else None)
     height, width = model_input.image.shape[:2]
