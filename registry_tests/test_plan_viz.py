@@ -266,3 +266,13 @@ def test_viz_user_errors_exit_2_one_line(tmp_path, capsys):
     assert main(['viz', config, '--sample', '0', '--out', str(tmp_path / 'v')]) == 2
     assert capsys.readouterr().err.strip() == ("attn-plugins viz: error: --sample: this model has no data pipeline "
                                                "in its config; pass --image instead")
+
+
+def test_train_names_an_unknown_openmmlab_type_as_plan_does(tmp_path, capsys):
+    from attn_plugins.cli import train_main
+    config = os.path.join(SEG_TOY, 'se_fcn_r50-d8_toy.yaml')
+    assert train_main([config, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                       'model.backbone.plugins.0.cfg.type=SEE'], prog='train.py') == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"train.py: error: {config}: model.backbone.plugins.0.cfg.type: unknown type 'SEE' (not registered "
+                   "in scope 'mmseg'); did you mean 'SE'?")
