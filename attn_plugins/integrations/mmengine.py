@@ -145,7 +145,8 @@ class SafeCheckpointHook(Hook):
 
     def before_train(self, runner) -> None:
         if self._rng_state is not None and runner.iter > 0:     # resumed, not just loaded weights
-            set_rng_state(self._rng_state)
+            from mmengine.runner import IterBasedTrainLoop       # replays the data: numpy/random follow
+            set_rng_state(self._rng_state, data=not isinstance(runner.train_loop, IterBasedTrainLoop))
         self._rng_state = None
 
 
@@ -385,11 +386,12 @@ class MeanAngularError(BaseMetric):
                                  np.asarray(_to_numpy(sample['gaze']), np.float64), sample.get('person')))
 
     def compute_metrics(self, results: list) -> dict:
+        import numpy as np
         import torch
 
         from ..models.gaze import angular_error
-        pred = torch.as_tensor([r[0] for r in results], dtype=torch.float64).reshape(-1, 2)
-        true = torch.as_tensor([r[1] for r in results], dtype=torch.float64).reshape(-1, 2)
+        pred = torch.from_numpy(np.stack([r[0] for r in results]).reshape(-1, 2))
+        true = torch.from_numpy(np.stack([r[1] for r in results]).reshape(-1, 2))
         errors = angular_error(pred, true)
         metrics = {'mean_angular_error': float(errors.mean())}
         persons = [r[2] for r in results]

@@ -1,4 +1,5 @@
 """Whole paper models built from the blocks (pure PyTorch)."""
-from .pay_attention_vgg import PayAttentionVGG
+from .gaze import FullFaceGaze
+from .pay_attention_vgg import PayAttentionVGG, VGGBNDrop
 
-__all__ = ["PayAttentionVGG"]
+__all__ = ["FullFaceGaze", "PayAttentionVGG", "VGGBNDrop"]
