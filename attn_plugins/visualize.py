@@ -343,7 +343,7 @@ def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str =
     import matplotlib.pyplot as plt
     panels = picture.panels
     widths = [2.2 if p.kind == 'bars' else 1.0 for p in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * sum(widths), 3.6), squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * sum(widths)), 3.6), squeeze=False,
                              gridspec_kw=dict(width_ratios=widths))
     height, width = image.shape[:2]
     for ax, panel in zip(axes[0], panels):
