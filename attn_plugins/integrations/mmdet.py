@@ -221,7 +221,9 @@ def _build(cls, type_name, where: str, options: dict, in_channels) -> nn.Module:
     try:
         return cls(in_channels=in_channels, **options)
     except TypeError as err:
-        params = [p for p in inspect.signature(cls.__init__).parameters if p not in ('self', 'args', 'kwargs')]
+        ours = next((c for c in cls.__mro__ if c in BLOCKS.values()), cls)
+        params = [p for p in inspect.signature(ours.__init__).parameters
+                  if p not in ('self', 'args', 'kwargs', 'channels', 'in_channels')]
         unknown = [k for k in options if k not in params]
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown option for {type_name}"

@@ -1,0 +1,177 @@
+"""Suite 'det' of tools/benchmark.py: Faster R-CNN R50-FPN inference on one 800x1333 image (CPU),
+the detector without attention against each attention config of configs/det at the same places.
+
+    python tools/benchmark.py --suite det [--quick] [--only NonLocal ...] [--json PATH]
+
+Variants: mmdet's own faster-rcnn_r50_fpn_1x_coco (base); + SE / + CBAM (every bottleneck, after
+conv3), + our NonLocal (the paper's one block after layer3.4), + DANet on C5 (AttentionNeck); our
+NonLocal and mmcv's NonLocal2d / GeneralizedAttention in every res4 bottleneck after conv3, and
+mmcv's ContextBlock in every bottleneck after conv3 (the SE / CBAM places). Every variant starts
+from the same base weights (seeded; the blocks keep their own init), so the RPN keeps the same
+number of proposals where a block starts as the identity.
+
+Times: all variants are built in one process and timed there in interleaved rounds after untimed
+warm-up rounds (round i starts with variant i mod n, so no variant always runs first or last);
+each row gives the median, min/max and quartiles of its times, the ratio of its median to the
+base's and the spread of the per-round ratios. Peak memory: each variant in its own process, peak
+RSS of the forward pass over RSS just before it (weights built). The pair rows put our NonLocal
+beside mmcv's NonLocal2d at the same positions with benchmark.py's `result_row` (peer / ours:
+> 1 means ours is faster or smaller). `--quick` runs a 128x224 image, 1 warm-up and 3 rounds
+(checks the harness; its numbers mean nothing).
+"""
+from __future__ import annotations
+
+import statistics
+
+from benchmark import RSS, run_child, schedule, spread, result_row
+
+BASE = 'base'
+# name -> config (mmdet's base config for 'base')
+DET_CASES = {
+    BASE: 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    'SE': 'configs/det/faster-rcnn_r50-se_fpn_1x_coco.yaml',
+    'CBAM': 'configs/det/faster-rcnn_r50-cbam_fpn_1x_coco.yaml',
+    'NonLocal paper (1 block)': 'configs/det/faster-rcnn_r50-nonlocal_fpn_1x_coco.yaml',
+    'DANet C5 (neck)': 'configs/det/faster-rcnn_r50_danet-c5-fpn_1x_coco.yaml',
+    'NonLocal res4': 'configs/det/faster-rcnn_r50-nonlocal-res4_fpn_1x_coco.yaml',
+    'mmcv NonLocal2d res4': 'configs/det/faster-rcnn_r50-nl2d-res4_fpn_1x_coco.yaml',
+    'mmcv GeneralizedAttention res4': 'configs/det/faster-rcnn_r50-gen-attn-0010-res4_fpn_1x_coco.yaml',
+    'mmcv ContextBlock': 'configs/det/faster-rcnn_r50-gcb-r16_fpn_1x_coco.yaml',
+}
+# (ours, peer) at the same positions
+PAIRS = (('NonLocal res4', 'mmcv NonLocal2d res4'),)
+SHAPE, QUICK_SHAPE = (1, 3, 800, 1333), (1, 3, 128, 224)
+SCHEDULE = (1, 5)
+
+BUILD = r"""
+import json, resource, time, torch
+torch.set_num_threads({threads})
+import attn_plugins
+from attn_plugins.config import load_config
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmdet.structures import DetDataSample
+init_default_scope('mmdet')
+from mmdet.registry import MODELS
+
+def config_of(path):
+    if '::' in path:
+        return Config.fromfile(Config._get_cfg_path(path, '')[0])
+    return load_config(path)
+
+def build(path, base_state):
+    model_cfg = config_of(path).model
+    model = MODELS.build(model_cfg)
+    if base_state is not None:
+        missing = model.load_state_dict(base_state, strict=False)
+        assert not missing.unexpected_keys, missing.unexpected_keys
+    return model.eval()
+
+def base_state():
+    torch.manual_seed(0)
+    return build({base!r}, None).state_dict()
+
+shape = {shape}
+height, width = shape[2], shape[3]
+padded = (-(-height // 32) * 32, -(-width // 32) * 32)       # the data preprocessor's pad_size_divisor
+x = torch.randn(shape[0], 3, *padded)
+sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=padded,
+                                     batch_input_shape=padded, scale_factor=(1.0, 1.0)))
+def detect(model):
+    return lambda: model(x, [sample.clone() for _ in range(shape[0])], mode='predict')
+"""
+
+TIME_CHILD = BUILD + r"""
+state = base_state()
+names = {names!r}
+impls = {{name: detect(build(path, state)) for name, path in zip(names, {paths!r})}}
+times = {{name: [] for name in names}}
+order, warmup_order = [], []
+with torch.no_grad():
+    for i in range({warmup} + {repeats}):
+        start = i % len(names)
+        round_names = names[start:] + names[:start]
+        for name in round_names:
+            t = time.perf_counter(); out = impls[name](); dt = time.perf_counter() - t
+            del out
+            if i >= {warmup}:
+                times[name].append(dt)
+        (order if i >= {warmup} else warmup_order).append(round_names)
+print(json.dumps(dict(times=times, order=order, warmup_order=warmup_order)))
+"""
+
+MEMORY_CHILD = BUILD + RSS + r"""
+state = base_state()
+model = build({path!r}, state)
+del state
+with torch.no_grad():
+    base = rss_kb()
+    model(x, [sample.clone() for _ in range(shape[0])], mode='predict')
+report(base)
+"""
+
+
+def case_names(args) -> list[str]:
+    """Selected variants (--only: substring match); the base is always timed, the ratios need it."""
+    names = [n for n in DET_CASES if not args.only or any(o in n for o in args.only)]
+    return names if not names or names == [BASE] else [BASE] + [n for n in names if n != BASE]
+
+
+def _pair_timing(timing: dict, ours: str, peer: str) -> dict:
+    """The interleaved timing of two variants in the form benchmark.result_row reads."""
+    def pairs(rounds):
+        return [['ours' if n == ours else 'peer' for n in names if n in (ours, peer)] for names in rounds]
+    return dict(times=dict(ours=timing['times'][ours], peer=timing['times'][peer]),
+                order=pairs(timing['order']), warmup_order=pairs(timing['warmup_order']))
+
+
+def run_det(args) -> dict:
+    names = case_names(args)
+    shape = QUICK_SHAPE if args.quick else SHAPE
+    warmup, repeats = schedule(args, SCHEDULE)
+    print(f"[bench] det: Faster R-CNN R50-FPN inference {tuple(shape)}, {len(names)} variants: {warmup} warm-up + "
+          f"{repeats} interleaved rounds ...", flush=True)
+    fmt = dict(threads=args.threads, shape=tuple(shape), base=DET_CASES[BASE])
+    timing = run_child(TIME_CHILD.format(names=names, paths=[DET_CASES[n] for n in names], warmup=warmup,
+                                         repeats=repeats, **fmt))
+    memory = {}
+    for name in names:
+        print(f"[bench] det: peak memory of {name} ...", flush=True)
+        memory[name] = run_child(MEMORY_CHILD.format(path=DET_CASES[name], **fmt))
+    base_times, base_mb = timing['times'][BASE], memory[BASE]['peak_mb']
+    rows = []
+    for name in names:
+        t = spread(timing['times'][name])
+        per_round = [v / b for v, b in zip(timing['times'][name], base_times)]
+        rows.append(dict(case=name, config=DET_CASES[name], shape=list(shape), warmup=warmup, repeats=repeats,
+                         time_s=t, time_over_base=dict(ratio=t['median'] / statistics.median(base_times),
+                                                       paired_median=statistics.median(per_round),
+                                                       paired_min=min(per_round), paired_max=max(per_round)),
+                         peak_mb=memory[name]['peak_mb'], process_peak_mb=memory[name]['process_peak_mb'],
+                         memory_over_base=memory[name]['peak_mb'] / max(base_mb, 1e-3)))
+    pairs = [result_row(f'{ours} vs {peer}', shape, DET_CASES[ours], DET_CASES[peer], _pair_timing(timing, ours, peer),
+                        memory[ours], memory[peer], warmup)
+             for ours, peer in PAIRS if ours in names and peer in names]
+    return dict(rows=rows, pairs=pairs, order=timing['order'], warmup_order=timing['warmup_order'])
+
+
+def print_det_table(result: dict) -> None:
+    header = (f"{'variant':<32}{'ms median [min-max]':>28}{'time / base [round min-max]':>30}"
+              f"{'peak MB':>10}{'mem / base':>12}")
+    print(header)
+    print('-' * len(header))
+    for r in result['rows']:
+        t, s = r['time_s'], r['time_over_base']
+        print(f"{r['case']:<32}{t['median'] * 1e3:>12.5g} [{t['min'] * 1e3:.5g}-{t['max'] * 1e3:.5g}]"
+              f"{s['ratio']:>16.3f}x [{s['paired_min']:.3f}-{s['paired_max']:.3f}]"
+              f"{r['peak_mb']:>10.0f}{r['memory_over_base']:>11.2f}x")
+    for p in result['pairs']:
+        s = p['speedup']
+        print(f"  {p['case']}: peer / ours time {s['ratio']:.3f}x [rounds {s['paired_min']:.3f}-{s['paired_max']:.3f}], "
+              f"peak memory {p['peer_peak_mb']:.0f} / {p['ours_peak_mb']:.0f} MB = {p['memory_ratio']:.2f}x "
+              "(> 1: ours faster / smaller)")
+
+
+SUITE = dict(name='det', run=run_det, cases=case_names, table=print_det_table,
+             help='Faster R-CNN R50-FPN inference at 800x1333: each attention config (ours, mmcv peers at the same '
+                  'places) against the detector without attention, interleaved in one process')
