@@ -358,11 +358,11 @@ def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str =
             shown = ax.imshow(panel.data, cmap='viridis', interpolation='nearest')
             ax.set_xlabel('channel j')
             ax.set_ylabel('channel i')
-            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75)
+            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75, format='%.3g')
         else:
             ax.imshow(image)
             shown = ax.imshow(_upsample(panel.data, height, width), cmap='jet', alpha=0.5)
-            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75)
+            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75, format='%.3g')
             if panel.query is not None:
                 ax.plot([panel.query[0]], [panel.query[1]], marker='x', color='white', markersize=10, mew=3)
                 ax.plot([panel.query[0]], [panel.query[1]], marker='x', color='black', markersize=8, mew=1.5)
