@@ -57,7 +57,7 @@ def test_gradcheck_float64_several_chunks(force_chunks, bmm_spy):
 @pytest.mark.parametrize('scale', [1.0, 0.35])
 def test_backward_recomputes_only_the_scores(force_chunks, scale):
     """Backward FLOPs are the dense backward's (dV, dP, dQ, dK) plus one Q K product per key block,
-    with one channel more in Q K and dP (they bring −log Σ exp and −rowsum(dO ∘ O) in): the
+    with one channel more in Q K and dP (they bring −max and −rowsum(dO ∘ O) in): the
     forward's V Pᵀ product and softmax are not re-run (checkpointing re-ran the softmax)."""
     query, key, value = inputs(torch.float32)
     out = softmax_attention(query, key, value, scale=scale, chunk_elements=ROWS * NK)
@@ -85,7 +85,10 @@ def test_equal_to_dense_fp32(force_chunks, needs):
     want = dense(query, key, value, 0.5)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     wanted = [t for t in (query, key, value) if t.requires_grad]
-    for got, ref in zip(torch.autograd.grad(out, wanted, grad), torch.autograd.grad(want, wanted, grad)):
+    grad_before = grad.clone()
+    got_grads = torch.autograd.grad(out, wanted, grad)
+    assert torch.equal(grad, grad_before), 'backward changed the incoming gradient'
+    for got, ref in zip(got_grads, torch.autograd.grad(want, wanted, grad)):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -102,15 +105,15 @@ def saved(fn):
     return out, list(storages.values())
 
 
-def test_saves_qkv_output_and_one_statistic_per_query(force_chunks):
-    """Training keeps Q, K, V (with a row of ones), O and one float32 statistic per query (log Σ exp):
-    O(N·C), no chunk of scores."""
+def test_saves_qkv_output_and_two_statistics_per_query(force_chunks):
+    """Training keeps Q, K and V (each of K, V with a row of ones), O and two float32 statistics per
+    query (row max, 1 / row sum): O(N·C), no chunk of scores."""
     nq = nk = 400
     query, key, value = inputs(torch.float32, nq=nq, nk=nk, ck=8, cv=16)
     out, kept = saved(lambda: softmax_attention(query, key, value, chunk_elements=50 * nk))
-    expected = sum(t.numel() * 4 for t in (query, key, value, out)) + 2 * B * nk * 4 + B * nq * 4
+    expected = sum(t.numel() * 4 for t in (query, key, value, out)) + 2 * B * nk * 4 + 2 * B * nq * 4
     assert sum(nbytes for _, _, nbytes in kept) == expected, kept
-    assert ((B, nq), torch.float32, B * nq * 4) in kept
+    assert [k for k in kept if k[0] == (B, nq)] == [((B, nq), torch.float32, B * nq * 4)] * 2, kept
     _, dense_kept = saved(lambda: dense(query, key, value, 1.0))
     assert sum(nbytes for _, _, nbytes in dense_kept) >= B * nq * nk * 4, 'the hooks see a dense map'
 
@@ -127,7 +130,7 @@ def test_bf16_autocast_close_to_fp32(force_chunks):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out, kept = saved(lambda: softmax_attention(query, key, value, scale=0.3, chunk_elements=256 * 1024))
     assert out.dtype == torch.bfloat16
-    assert Counter(dtype for _, dtype, _ in kept) == {torch.bfloat16: 4, torch.float32: 1}, kept
+    assert Counter(dtype for _, dtype, _ in kept) == {torch.bfloat16: 4, torch.float32: 2}, kept
     grads = torch.autograd.grad(out, (query, key, value), grad.to(out.dtype))
     errors = {}
     for name, got, want in zip(['out', 'dQ', 'dK', 'dV'], (out, *grads), (ref, *ref_grads)):

@@ -38,8 +38,8 @@ def _compute_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
 
 
 def _extra_rows(dtype: torch.dtype) -> int:
-    """Channels that carry a float32 statistic into a matmul: one in float32 / float64, two
-    (a high and a low part) in a 16-bit dtype, whose 8 or 11 bits alone would shift P."""
+    """Rows that carry a float32 number per query into a matmul: one in float32 / float64, two (a
+    high and a low part, summed in the matmul's float32 accumulator) in a 16-bit dtype."""
     return 1 if dtype in (torch.float32, torch.float64) else 2
 
 
@@ -64,7 +64,7 @@ def _augmented(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
 def _row_sum(probs: torch.Tensor, stat_dtype: torch.dtype) -> torch.Tensor:
     """Σ_j probs_ij in `stat_dtype`. A 16-bit chunk is summed in groups of 64 (float32 inside, one
     rounding per group) and the groups in float32: as exact as the rounded probabilities themselves,
-    4-20x faster than converting the chunk (`sum(dtype=float32)` converts it first)."""
+    and 10-20x faster here than `sum(dtype=float32)`, which converts the whole chunk first."""
     if probs.dtype == stat_dtype:
         return probs.sum(-1)
     whole = probs.shape[-1] // 64 * 64
@@ -72,29 +72,42 @@ def _row_sum(probs: torch.Tensor, stat_dtype: torch.dtype) -> torch.Tensor:
     return total + probs[..., whole:].sum(-1, dtype=stat_dtype) if whole < probs.shape[-1] else total
 
 
-def _rowwise_dot(a: torch.Tensor, b: torch.Tensor, stat_dtype: torch.dtype, columns: int = 1024) -> torch.Tensor:
-    """Σ_c a_ci b_ci of (B, C, N) tensors in `stat_dtype`, (B, N), `columns` at a time (small temporaries)."""
-    out = torch.empty(a.shape[0], a.shape[2], dtype=stat_dtype, device=a.device)
-    for start in range(0, a.shape[2], columns):
-        stop = min(start + columns, a.shape[2])
-        out[:, start:stop] = (a[:, :, start:stop].to(stat_dtype) * b[:, :, start:stop].to(stat_dtype)).sum(1)
-    return out
+def _scaled_grad_out(grad_out: torch.Tensor, out: torch.Tensor, inv_sum: torch.Tensor, dtype: torch.dtype,
+                     extra: int, columns: int = 1024) -> torch.Tensor:
+    """(B, Cv + extra, Nq) in `dtype`: [dO; −rowsum(dO ∘ O)] with query i's column divided by l_i,
+    computed in float32 `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
+    stat_dtype = inv_sum.dtype
+    batch, channels, num_queries = grad_out.shape
+    result = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype)
+    for start in range(0, num_queries, columns):
+        stop = min(start + columns, num_queries)
+        grad = grad_out[:, :, start:stop].to(stat_dtype)
+        inv = inv_sum[:, None, start:stop]
+        delta = (grad * out[:, :, start:stop].to(stat_dtype)).sum(1, keepdim=True)     # rowsum(dO ∘ O)
+        result[:, :channels, start:stop] = grad * inv        # not in place: `grad` may be dO itself
+        result[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
+    return result
 
 
 class FlashSoftmaxAttention(torch.autograd.Function):
     """query (B, Nq, Ck), key (B, Ck, Nk), value (B, Cv, Nk) -> value @ softmax(scale · query @ key)ᵀ,
-    (B, Cv, Nq), `chunk` query rows at a time (backward: blocks of keys with as many scores).
+    (B, Cv, Nq), `chunk` query rows at a time in forward; backward visits blocks of keys with as
+    many scores, all queries at once, so each block's dK and dV is one matmul written once and
+    only dQ (B, Nq, Ck) is summed over blocks (in float32).
 
-    Saves Q, K, V, O and one float32 statistic per query, L_i = log Σ_j exp(S_ij). K and V are
-    saved with one (two in 16-bit) rows of ones appended, so that backward gets S − L and
-    dP − rowsum(dO ∘ O) straight out of its matmuls, L and the row sums entering as extra
-    channels of Q and dO (float32 values split into bf16 high and low parts under autocast,
-    summed in the matmul's float32 accumulator): one exp pass and one product per score block
-    remain. In float32 / float64 the exponentials are base 2 (log2(e) folded into the query
-    scale): `exp2` runs ~3x faster than `exp` on CPU.
+    Saves Q, K and V (K with a row of ones, V with one or two), O and two float32 statistics per
+    query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In backward −m enters
+    the score matmul as an extra channel of Q (m is exact in the matmul dtype: a score of the
+    forward) and −rowsum(dO ∘ O) the dP matmul as extra rows of dO (split in high and low parts
+    in 16-bit dtypes), with dO's column i divided by l_i beforehand:
 
-    Backward visits keys in blocks (all queries at once): each block's dK and dV is one matmul
-    over all queries, written once, and only dQ (B, Nq, Ck) is summed over blocks in float32."""
+        exp([Q | −m] [K; 1]) = l ∘ P,   [dO; −rowsum(dO ∘ O)] / l · [V; 1] = (dP − rowsum(dO ∘ O)) / l
+
+    so dV, dS = (l ∘ P) ∘ (dP − rowsum(dO ∘ O)) / l, dQ and dK take one exp pass and one product
+    per block. The shift stays the row maximum, as in forward: the exponent of a large
+    probability is near 0 and keeps its bits in bf16 (shifting by log Σ exp instead, ~log N for
+    a diffuse map, cost bf16 gradients 2-3x their error). In float32 / float64 the exponentials
+    are base 2 (log2(e) folded into the query scale): `exp2` runs ~3x faster than `exp` here."""
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
@@ -111,55 +124,55 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             if query_scale != 1.0:
                 query = query * query_scale
             ones = key.new_ones((), dtype=dtype).expand(batch, extra, num_keys)
-            key_aug, value_aug = _augmented(key.to(dtype), ones), _augmented(value.to(dtype), ones)
+            key_aug, value_aug = _augmented(key.to(dtype), ones[:, :1]), _augmented(value.to(dtype), ones)
             key, value = key_aug[:, :qk_channels], value_aug[:, :channels]
             out = value.new_empty(batch, channels, num_queries)
-            log_sum = torch.empty(batch, num_queries, dtype=stat_dtype, device=query.device)
+            row_max = torch.empty(batch, num_queries, dtype=stat_dtype, device=query.device)
+            inv_sum = torch.empty_like(row_max)
             rows = min(chunk, num_queries)
             buffer = query.new_empty(batch * rows * num_keys)
             for start in range(0, num_queries, rows):
                 stop = min(start + rows, num_queries)
                 scores = buffer[:batch * (stop - start) * num_keys].view(batch, stop - start, num_keys)
                 torch.bmm(query[:, start:stop], key, out=scores)                       # B, n, Nk
-                row_max = scores.amax(-1, keepdim=True)
-                scores.sub_(row_max)
-                probs = scores.exp2_() if base2 else scores.exp_()                    # exp(S - m)
-                denom = _row_sum(probs, stat_dtype)                                    # B, n
-                torch.div(torch.bmm(value, probs.transpose(1, 2)), denom.unsqueeze(1), out=out[:, :, start:stop])
-                log_max = row_max.squeeze(-1).to(stat_dtype)
-                log_sum[:, start:stop] = log_max + (denom.log2() if base2 else denom.log())
-        ctx.save_for_backward(query, key_aug, value_aug, out, log_sum)
+                chunk_max = scores.amax(-1, keepdim=True)
+                scores.sub_(chunk_max)
+                probs = scores.exp2_() if base2 else scores.exp_()                    # l ∘ P = exp(S − m)
+                inv = _row_sum(probs, stat_dtype).reciprocal_()                        # B, n
+                torch.mul(torch.bmm(value, probs.transpose(1, 2)), inv.unsqueeze(1), out=out[:, :, start:stop])
+                row_max[:, start:stop] = chunk_max.squeeze(-1)
+                inv_sum[:, start:stop] = inv
+        ctx.save_for_backward(query, key_aug, value_aug, out, row_max, inv_sum)
         ctx.scale, ctx.chunk, ctx.base2 = scale, chunk, base2
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        query, key_aug, value_aug, out, log_sum = ctx.saved_tensors
+        query, key_aug, value_aug, out, row_max, inv_sum = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dtype, stat_dtype = query.dtype, log_sum.dtype
-        base2, extra = ctx.base2, _extra_rows(dtype)
+        dtype, stat_dtype, base2 = query.dtype, row_max.dtype, ctx.base2
         batch, num_queries, qk_channels = query.shape
-        num_keys, channels = key_aug.shape[2], value_aug.shape[1] - extra
+        num_keys, channels = key_aug.shape[2], value_aug.shape[1] - _extra_rows(dtype)
         with torch.autocast(query.device.type, enabled=False):
-            grad_out = grad_out.to(dtype)
-            # Q | −L: its product with K | 1 is S − L, the log of P
-            query_aug = _augmented(query.transpose(1, 2), _split(-log_sum, dtype, extra)).transpose(1, 2)
+            # [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`)
+            query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
+            # [dO; −rowsum(dO ∘ O)] / l: its first rows give dV from l ∘ P, all of it (dP − rowsum) / l
+            grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, _extra_rows(dtype))
+            grad_out = grad_out_aug[:, :channels]
             grad_q = torch.zeros(batch, num_queries, qk_channels, dtype=stat_dtype, device=query.device) \
                 if need_q else None
             grad_k = query.new_empty(batch, qk_channels, num_keys) if need_k else None
             grad_v = query.new_empty(batch, channels, num_keys) if need_v else None
-            if need_q or need_k:   # dO | −rowsum(dO ∘ O): its product with V | 1 is dP − rowsum(dO ∘ O)
-                grad_out_aug = _augmented(grad_out, _split(-_rowwise_dot(grad_out, out, stat_dtype), dtype, extra))
             cols = max(1, min(num_keys, ctx.chunk * num_keys // num_queries))
             buffers = [query.new_empty(batch * num_queries * cols) for _ in range(1 + (need_q or need_k))]
             for start in range(0, num_keys, cols):
                 stop = min(start + cols, num_keys)
                 size = batch * num_queries * (stop - start)
                 probs = buffers[0][:size].view(batch, num_queries, stop - start)
-                torch.bmm(query_aug, key_aug[:, :, start:stop], out=probs)            # S − L
-                probs = probs.exp2_() if base2 else probs.exp_()                     # P
-                if need_v:   # dV = dO P
+                torch.bmm(query_aug, key_aug[:, :, start:stop], out=probs)            # S − m
+                probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
+                if need_v:   # dV = dO P = (dO / l) (l ∘ P)
                     torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
                 if not (need_q or need_k):
                     continue
@@ -172,7 +185,7 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                     grad_q.add_(torch.bmm(grad_scores, key_aug[:, :qk_channels, start:stop].transpose(1, 2)))
         if need_q:
             grad_q.mul_(ctx.scale)
-        if need_k and base2:   # the saved query carries log2(e) as well: dK = scale · Qᵀ dS = ln 2 · (scale · log2(e) · Q)ᵀ dS
+        if need_k and base2:   # the saved query carries log2(e) too: dK = scale · Qᵀ dS = ln 2 · (scale · log2(e) · Q)ᵀ dS
             grad_k.mul_(1 / _LOG2E)
         return grad_q, grad_k, grad_v, None, None
 
