@@ -33,6 +33,12 @@ BN_EPS = 1e-3                    # the authors' SpatialBatchNormalization(n, 1e-
 GLOBAL_POOLS = ('attention', '')
 
 
+def scaled_width(width: int, multiplier: float) -> int:
+    if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or multiplier <= 0:
+        raise ValueError(f"width_multiplier: expected a positive number, got {multiplier!r}")
+    return max(1, round(width * multiplier))
+
+
 class PayAttentionVGG(nn.Module):
     """VGG-att3 from the paper (CIFAR-100 defaults: 100 classes, 32x32 inputs).
 
@@ -45,6 +51,7 @@ class PayAttentionVGG(nn.Module):
         global_channels: width of g (paper: 512).
         drop_rate: dropout on each attended vector and before the fc giving g (authors: 0.5).
         conv_dropout: the authors' dropout between the trunk's conv layers.
+        width_multiplier: scales every trunk width (paper: 1; e.g. 0.125 for quick CPU runs).
         global_pool: 'attention' (default) or '' (timm's "no pooling": forward returns the
             (B, 1280, 1, 1) descriptor map of `forward_features`, unclassified, as timm's
             models return their unpooled map; the classifier is kept for reset_classifier).
@@ -59,7 +66,8 @@ class PayAttentionVGG(nn.Module):
 
     def __init__(self, num_classes: int = 100, in_chans: int = 3, aggregation: str = 'concat',
                  compatibility: str = 'pc', normalize: str = 'softmax', global_channels: int = 512,
-                 drop_rate: float = 0.5, conv_dropout: bool = True, global_pool: str = 'attention', **kwargs):
+                 drop_rate: float = 0.5, conv_dropout: bool = True, global_pool: str = 'attention',
+                 width_multiplier: float = 1.0, **kwargs):
         super().__init__()
         if aggregation not in ('concat', 'indep'):
             raise ValueError(f"aggregation: expected 'concat' or 'indep', got {aggregation!r}")
@@ -76,7 +84,7 @@ class PayAttentionVGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 reduction *= 2
                 continue
-            width, p = spec
+            width, p = scaled_width(spec[0], width_multiplier), spec[1]
             layers += [nn.Conv2d(in_c, width, 3, padding=1), nn.BatchNorm2d(width, eps=BN_EPS), nn.ReLU(inplace=True)]
             if p and conv_dropout:
                 layers.append(nn.Dropout(p))
@@ -166,6 +174,62 @@ class PayAttentionVGG(nn.Module):
         else:
             x = self.head(x)   # Linear, or Identity without a classifier
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# The paper's baseline "VGG" (its CIFAR-100 top-1 error 30.62): cifar.torch's vgg_bn_drop, which the
+# authors' code builds VGG-att3 from. Conv widths with dropout after each; 'M' = 2x2 max pooling (ceil).
+VGG_BN_DROP_LAYERS = ((64, 0.3), (64, 0.0), 'M', (128, 0.4), (128, 0.0), 'M',
+                      (256, 0.4), (256, 0.4), (256, 0.0), 'M', (512, 0.4), (512, 0.4), (512, 0.0), 'M',
+                      (512, 0.4), (512, 0.4), (512, 0.0), 'M')
+
+
+class VGGBNDrop(nn.Module):
+    """VGG-16 with BN and dropout for 32x32 inputs (Zagoruyko's cifar.torch `vgg_bn_drop`): the
+    no-attention baseline of Learn to Pay Attention. 13 conv + BN(eps 1e-3) + ReLU layers, five
+    poolings to 1x1, then dropout 0.5, fc 512 -> 512, BN, ReLU, dropout 0.5, fc -> classes. MSR init.
+
+    Args: num_classes (0: forward returns the 512-d pre-logits), in_chans, drop_rate (0.5),
+    conv_dropout (the dropout between convs), width_multiplier (scales every width, paper: 1).
+    timm-style `forward_features` -> (B, C, 1, 1) map, `forward_head(x, pre_logits)`, `num_features`.
+    """
+
+    def __init__(self, num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.5,
+                 conv_dropout: bool = True, width_multiplier: float = 1.0):
+        super().__init__()
+        layers, in_c = [], in_chans
+        for spec in VGG_BN_DROP_LAYERS:
+            if spec == 'M':
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                continue
+            width, p = scaled_width(spec[0], width_multiplier), spec[1]
+            layers += [nn.Conv2d(in_c, width, 3, padding=1), nn.BatchNorm2d(width, eps=BN_EPS), nn.ReLU(inplace=True)]
+            if p and conv_dropout:
+                layers.append(nn.Dropout(p))
+            in_c = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = self.head_hidden_size = in_c
+        self.pre_logits = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
+                                        nn.Linear(in_c, in_c), nn.BatchNorm1d(in_c), nn.ReLU(inplace=True),
+                                        nn.Dropout(drop_rate))
+        self.num_classes = num_classes
+        self.head = nn.Linear(in_c, num_classes) if num_classes else nn.Identity()
+        for module in self.features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+                nn.init.zeros_(module.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(x)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -1,0 +1,378 @@
+"""Learn to Pay Attention on CIFAR: the python-format reader (restricted unpickler), the toy
+generator's Python 2 cPickle streams, the mmengine classifier / dataset / transforms / metric, and
+the toy configs trained and evaluated with tools/train.py and tools/test.py."""
+import glob
+import importlib.util
+import json
+import os
+import pickle
+import pickletools
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attn_plugins
+from attn_plugins.datasets.cifar import (CifarFormatError, UnsafePickleError, decode_images, encode_images,
+                                         load_cifar_pickle, read_cifar)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = sorted(glob.glob(os.path.join(ROOT, 'configs', 'ltpa', 'toy', '*.yaml')))
+FULL = sorted(glob.glob(os.path.join(ROOT, 'configs', 'ltpa', '*.yaml')))
+TOY_ATT3 = os.path.join(ROOT, 'configs', 'ltpa', 'toy', 'vgg-att3-concat-pc_toy-cifar10.yaml')
+NUMPY_GLOBALS = {'numpy.core.multiarray _reconstruct', 'numpy ndarray', 'numpy dtype'}
+
+
+def tool(name):
+    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generate(out, train, test, dataset='both'):
+    """tools/make_toy_cifar.py, run in this process (its main(argv) is what the command line runs)."""
+    assert tool('make_toy_cifar').main(['--out', str(out), '--dataset', dataset, '--train', str(train),
+                                        '--test', str(test)]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope='module')
+def small_data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp('cifar') / 'toy_cifar', 100, 40)
+
+
+def data_options(root):
+    return [f'{loader}.dataset.data_root={root}' for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+
+
+# ------------------------------------------------------------------ reader and generator
+def test_reader_on_generated_cifar10_and_cifar100(small_data):
+    train = read_cifar(small_data, 'cifar10', 'train')
+    assert train.images.shape == (100, 32, 32, 3) and train.images.dtype == np.uint8
+    assert train.labels.dtype == np.int64 and np.bincount(train.labels).tolist() == [10] * 10
+    assert train.classes == ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+    assert [os.path.basename(f) for f in train.files] == [f'data_batch_{i}' for i in range(1, 6)]
+    assert len(train.filenames) == 100 and train.filenames[0].endswith('.png')
+    assert train.filenames[0].startswith(train.classes[train.labels[0]])
+    test = read_cifar(os.path.join(small_data, 'cifar-10-batches-py'), 'cifar10', 'test')   # the folder itself
+    assert len(test) == 40 and [os.path.basename(f) for f in test.files] == ['test_batch']
+
+    fine = read_cifar(small_data, 'cifar100', 'train', 'fine')
+    coarse = read_cifar(small_data, 'cifar100', 'train', 'coarse')
+    assert len(fine.classes) == 100 and len(coarse.classes) == 20 and fine.classes[7] == 'hue01_triangle'
+    assert np.array_equal(fine.images, coarse.images)
+    assert np.array_equal(coarse.labels, fine.labels // 5)         # the toy's fine class c: hue c // 5
+    assert fine.labels.max() < 100 and len(fine) == 100
+    with pytest.raises(attn_plugins.ConfigError, match="label_type: cifar10 has \\['fine'\\]"):
+        read_cifar(small_data, 'cifar10', 'train', 'coarse')
+    with pytest.raises(FileNotFoundError, match='cifar-100-python/meta'):
+        read_cifar(os.path.join(small_data, 'cifar-10-batches-py'), 'cifar100')
+
+
+def test_rows_are_red_then_green_then_blue_planes():
+    row = np.arange(3072, dtype=np.int64) % 251
+    image = decode_images(row.astype(np.uint8)[None])[0]
+    y, x = 5, 17
+    assert image[y, x].tolist() == [row[y * 32 + x], row[1024 + y * 32 + x], row[2048 + y * 32 + x]]
+    assert np.array_equal(encode_images(image[None])[0], row.astype(np.uint8))
+
+
+def test_generated_files_are_python2_cpickle_streams_with_the_real_keys(small_data):
+    expected = {
+        'cifar-10-batches-py/data_batch_1': {b'batch_label', b'labels', b'data', b'filenames'},
+        'cifar-10-batches-py/test_batch': {b'batch_label', b'labels', b'data', b'filenames'},
+        'cifar-10-batches-py/batches.meta': {b'num_cases_per_batch', b'label_names', b'num_vis'},
+        'cifar-100-python/train': {b'filenames', b'batch_label', b'fine_labels', b'coarse_labels', b'data'},
+        'cifar-100-python/meta': {b'fine_label_names', b'coarse_label_names'},
+    }
+    for name, keys in expected.items():
+        path = os.path.join(small_data, name)
+        raw = open(path, 'rb').read()
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(raw)]
+        assert ops[0] == ('PROTO', 2)
+        names = {op for op, _ in ops}
+        assert not names & {'SHORT_BINBYTES', 'BINBYTES', 'BINUNICODE', 'SHORT_BINUNICODE'}   # Python 2 `str`
+        assert {arg for op, arg in ops if op == 'GLOBAL'} <= NUMPY_GLOBALS
+        plain = pickle.loads(raw, encoding='bytes')        # what the dataset page's snippet reads
+        ours = load_cifar_pickle(path)
+        assert set(ours) == set(plain) == keys
+        for key in keys:
+            if isinstance(plain[key], np.ndarray):
+                assert ours[key].dtype == np.uint8 and np.array_equal(ours[key], plain[key])
+            else:
+                assert ours[key] == plain[key]
+    assert {arg for op, arg, _ in pickletools.genops(open(os.path.join(
+        small_data, 'cifar-10-batches-py/data_batch_1'), 'rb').read()) if op.name == 'GLOBAL'} == NUMPY_GLOBALS
+
+
+def test_generator_is_deterministic(small_data, tmp_path):
+    again = generate(tmp_path / 'again', 100, 40, 'cifar10')
+    for name in ('data_batch_3', 'test_batch', 'batches.meta'):
+        path = os.path.join('cifar-10-batches-py', name)
+        assert open(os.path.join(small_data, path), 'rb').read() == open(os.path.join(again, path), 'rb').read()
+
+
+# ------------------------------------------------------------------ restricted unpickler
+class RunsCode:
+    """Unpickling an instance calls `fn(*args)` (what a malicious file does)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def malicious_payloads(marker):
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    return {
+        'os.system': RunsCode(os.system, f'touch {marker}'),
+        'builtins.eval': RunsCode(eval, code),
+        'builtins.exec': RunsCode(exec, code),
+        # hidden inside an otherwise well-formed CIFAR batch
+        'nested': {b'batch_label': b'training batch 1 of 5', b'data': np.zeros((1, 3072), np.uint8),
+                   b'labels': [RunsCode(eval, code)], b'filenames': [b'a.png']},
+    }
+
+
+@pytest.mark.parametrize('name', ['os.system', 'builtins.eval', 'builtins.exec', 'nested'])
+def test_restricted_unpickler_refuses_code_that_plain_pickle_runs(name, tmp_path):
+    marker = tmp_path / 'marker'
+    payload = malicious_payloads(marker)[name]
+    path = tmp_path / 'data_batch_1'
+    path.write_bytes(pickle.dumps(payload, protocol=4 if name == 'nested' else 2))   # 4: bytes need no global
+    pickle.loads(path.read_bytes(), encoding='bytes')          # plain pickle.load runs it ...
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UnsafePickleError, match=re.escape(str(path)) +   # Python 2 names: protocol 2 pickles
+                       r": refusing to load the global (posix\.system|(__builtin__|builtins)\.(eval|exec))") as err:
+        load_cifar_pickle(str(path))                           # ... ours refuses before calling anything
+    assert not marker.exists()
+    assert isinstance(err.value, attn_plugins.ConfigError) and isinstance(err.value, pickle.UnpicklingError)
+
+
+def test_restricted_unpickler_refuses_object_arrays_and_persistent_ids(tmp_path):
+    objects = tmp_path / 'objects'
+    objects.write_bytes(pickle.dumps({b'data': np.array([1, 'x'], dtype=object)}, protocol=4))
+    with pytest.raises(UnsafePickleError, match='object arrays are not allowed'):
+        load_cifar_pickle(str(objects))
+
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj):
+            return 'ref' if obj == b'secret' else None
+
+    import io
+    buffer = io.BytesIO()
+    WithPersistentId(buffer, protocol=4).dump({b'labels': [b'secret']})
+    persistent = tmp_path / 'persistent'
+    persistent.write_bytes(buffer.getvalue())
+    with pytest.raises(UnsafePickleError, match='persistent id'):
+        load_cifar_pickle(str(persistent))
+    broken = tmp_path / 'broken'
+    broken.write_bytes(b'\x80\x02}q\x01(U\x04data')          # truncated
+    with pytest.raises(CifarFormatError, match='not a readable CIFAR pickle'):
+        load_cifar_pickle(str(broken))
+
+
+def test_reader_names_file_and_key_of_bad_content(small_data, tmp_path):
+    import shutil
+    folder = tmp_path / 'cifar-10-batches-py'
+    shutil.copytree(os.path.join(small_data, 'cifar-10-batches-py'), folder)
+    batch = load_cifar_pickle(str(folder / 'data_batch_2'))
+    batch[b'labels'][0] = 10                                    # outside the 10 names
+    (folder / 'data_batch_2').write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(CifarFormatError, match=r"data_batch_2: b'labels' outside 0\.\.9"):
+        read_cifar(str(tmp_path), 'cifar10', 'train')
+    del batch[b'labels']
+    (folder / 'data_batch_2').write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(CifarFormatError, match=r"data_batch_2: no key b'labels'"):
+        read_cifar(str(tmp_path), 'cifar10', 'train')
+
+
+# ------------------------------------------------------------------ mmengine pieces
+def test_metric_hand_cases():
+    from attn_plugins.integrations.mmengine import TopKAccuracy
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.1, 0.05, 0.05],     # label 1: top-1 hit
+                           [0.3, 0.25, 0.2, 0.15, 0.06, 0.04],   # label 3: rank 4, a top-5 hit
+                           [0.3, 0.25, 0.2, 0.15, 0.06, 0.04],   # label 5: rank 6, a miss
+                           [0.0, 0.0, 0.1, 0.0, 0.9, 0.0]])      # label 4: top-1 hit
+    labels = [1, 3, 5, 4]
+    metric = TopKAccuracy(topk=(1, 5))
+    metric.process({}, [dict(pred_score=s, pred_label=int(s.argmax()), gt_label=label)
+                        for s, label in zip(scores, labels)])
+    result = metric.compute_metrics(metric.results)
+    assert result == pytest.approx({'top1_error': 50.0, 'top1_acc': 50.0, 'top5_acc': 75.0})
+    top3 = TopKAccuracy(topk=3)
+    top3.process({}, [dict(pred_score=s, gt_label=label) for s, label in zip(scores, labels)])
+    assert top3.compute_metrics(top3.results) == pytest.approx({'top1_error': 50.0, 'top1_acc': 50.0, 'top3_acc': 50.0})
+    too_many = TopKAccuracy(topk=(1, 10))
+    with pytest.raises(ValueError, match='topk=10 but the scores have 6 classes'):
+        too_many.process({}, [dict(pred_score=scores[0], gt_label=1)])
+    with pytest.raises(attn_plugins.ConfigError, match='TopKAccuracy.topk'):
+        TopKAccuracy(topk=(0,))
+
+
+def small_classifier(backbone='PayAttentionVGG', **options):
+    from mmengine.registry import MODELS
+    spec = dict(type=backbone, num_classes=10, width_multiplier=0.125, conv_dropout=False, **options)
+    if backbone == 'PayAttentionVGG':
+        spec['global_channels'] = 64
+    return MODELS.build(dict(type='AttentionClassifier', backbone=spec,
+                             data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[64.0] * 3)))
+
+
+def test_classifier_returns_logits_with_attention_maps_at_the_three_layers():
+    from mmengine.structures import BaseDataElement
+    model = small_classifier().eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    samples = [BaseDataElement(gt_label=label, metainfo=dict(sample_idx=i)) for i, label in enumerate([2, 7, 0])]
+    data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples))
+    with torch.no_grad():
+        logits = model(data['inputs'], mode='tensor')
+        predictions = model(**data, mode='predict')
+        loss = model(**data, mode='loss')['loss_cls']
+    assert logits.shape == (3, 10)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([2, 7, 0])))
+    for i, prediction in enumerate(predictions):
+        torch.testing.assert_close(prediction.pred_score, logits[i].softmax(0))
+        assert prediction.pred_label == int(logits[i].argmax()) and prediction.gt_label == samples[i].gt_label
+        maps = prediction.attention_maps
+        assert [tuple(m.shape) for m in maps] == [(1, 32, 32), (1, 16, 16), (1, 8, 8)]
+        torch.testing.assert_close(torch.stack([m.sum() for m in maps]), torch.ones(3))
+    # the maps are the attention modules' own (forward hooks see the same tensors)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out[1])) for m in model.backbone.attention]
+    with torch.no_grad():
+        predictions = model(**data, mode='predict')
+    for h in hooks:
+        h.remove()
+    for level, attn in enumerate(seen):
+        torch.testing.assert_close(torch.stack([p.attention_maps[level] for p in predictions]), attn)
+
+    baseline = small_classifier('VGGBNDrop').eval()
+    with torch.no_grad():
+        plain = baseline(**data, mode='predict')
+    assert 'attention_maps' not in plain[0] and plain[0].pred_score.shape == (10,)
+
+
+def test_classifier_options_are_checked():
+    with pytest.raises(attn_plugins.ConfigError, match="model.backbone.type: .*'PayAttentionVGG'"):
+        small_classifier('PayAttentionVG')
+    with pytest.raises(attn_plugins.ConfigError, match="model.backbone.aggregaton: unknown option .*aggregation"):
+        small_classifier(aggregaton='indep')
+
+
+def test_dataset_and_transforms(small_data):
+    from mmengine.registry import DATASETS
+    pipeline = [dict(type='RandomCropWithPadding', size=32, padding=4), dict(type='RandomHorizontalFlip', prob=1.0),
+                dict(type='PackClassificationInputs')]
+    dataset = DATASETS.build(dict(type='CifarDataset', data_root=small_data, dataset='cifar100', split='test',
+                                  label_type='coarse', pipeline=pipeline))
+    reference = read_cifar(small_data, 'cifar100', 'test', 'coarse')
+    assert len(dataset) == 40 and dataset.metainfo['classes'] == reference.classes
+    torch.manual_seed(3)
+    item = dataset[5]
+    assert item['inputs'].shape == (3, 32, 32) and item['inputs'].dtype == torch.uint8
+    assert item['data_samples'].gt_label == reference.labels[5] and item['data_samples'].sample_idx == 5
+    # a window of the zero-padded, mirrored image
+    padded = np.pad(reference.images[5][:, ::-1], ((4, 4), (4, 4), (0, 0)))
+    window = item['inputs'].permute(1, 2, 0).numpy()
+    assert any(np.array_equal(padded[t:t + 32, l:l + 32], window) for t in range(9) for l in range(9))
+    assert not np.array_equal(window, reference.images[5])
+    plain = DATASETS.build(dict(type='CifarDataset', data_root=small_data, dataset='cifar10', split='train',
+                                pipeline=[dict(type='PackClassificationInputs')], indices=7))
+    assert len(plain) == 7
+    assert np.array_equal(plain[3]['inputs'].permute(1, 2, 0).numpy(), read_cifar(small_data).images[3])
+    with pytest.raises(attn_plugins.ConfigError, match="CifarDataset.split: expected one of \\['train', 'test'\\]"):
+        DATASETS.build(dict(type='CifarDataset', data_root=small_data, split='val'))
+
+
+@pytest.mark.parametrize('config', FULL, ids=os.path.basename)
+def test_full_configs_build_the_paper_models(config):
+    cfg = attn_plugins.load_config(config)
+    from mmengine.registry import MODELS
+    model = MODELS.build(cfg.model)
+    classes = 100 if 'cifar100' in config else 10
+    assert model.backbone.num_classes == classes
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.lr, optimizer.momentum, optimizer.dampening, optimizer.weight_decay) == (1.0, 0.9, 0.9, 5e-4)
+    assert cfg.train_dataloader.batch_size == 128 and cfg.train_cfg.max_epochs == 300
+    assert cfg.param_scheduler == [dict(type='StepLR', step_size=25, gamma=0.5, by_epoch=True, begin=0, end=300)]
+    if 'att3' in config:
+        assert (model.backbone.aggregation, model.backbone.attention[0].compatibility) == ('concat', 'pc')
+        assert sum(p.numel() for p in model.parameters()) > 14_000_000
+    else:
+        assert type(model.backbone).__name__ == 'VGGBNDrop' and not hasattr(model.backbone, 'attention')
+
+
+# ------------------------------------------------------------------ tools, end to end
+def test_tools_report_a_malicious_cifar_file_in_one_line(small_data, tmp_path, capsys):
+    import shutil
+    root = tmp_path / 'data'
+    shutil.copytree(os.path.join(small_data, 'cifar-10-batches-py'), root / 'cifar-10-batches-py')
+    marker = tmp_path / 'marker'
+    (root / 'cifar-10-batches-py' / 'data_batch_4').write_bytes(
+        pickle.dumps(RunsCode(os.system, f'touch {marker}'), protocol=2))
+    status = tool('train').main([TOY_ATT3, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                                 *data_options(root), 'log_level=WARNING'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and not marker.exists()
+    assert len(err) == 1 and 'data_batch_4: refusing to load the global posix.system' in err[0]
+
+
+@pytest.mark.parametrize('config', TOY, ids=os.path.basename)
+def test_every_toy_config_trains_and_evaluates(config, small_data, tmp_path):
+    from attn_plugins.runner import build_runner
+    options = data_options(small_data) + ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                                          'train_dataloader.dataset.indices=32', 'log_level=WARNING']
+    runner = build_runner(config, work_dir=str(tmp_path), cfg_options=options)
+    runner.train()
+    metrics = runner.test()
+    assert set(metrics) == {'top1_error', 'top1_acc', 'top5_acc'}
+    assert metrics['top1_error'] == pytest.approx(100 - metrics['top1_acc'])
+
+
+@pytest.mark.slow
+def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
+    """tools/train.py on 1000 generated CIFAR-10 images (the toy config as shipped), tools/test.py
+    on 200: the top-1 error ends far below that of always predicting the majority class."""
+    data = generate(tmp_path / 'toy_cifar', 1000, 200, 'cifar10')
+    work = tmp_path / 'work'
+    assert tool('train').main([TOY_ATT3, '--work-dir', str(work), '--cfg-options', *data_options(data),
+                               'log_level=WARNING']) == 0
+    out = tmp_path / 'metrics.json'
+    assert tool('test').main([TOY_ATT3, str(work / 'epoch_3.pth'), '--work-dir', str(tmp_path / 'test'),
+                              '--out', str(out), '--cfg-options', *data_options(data), 'log_level=WARNING']) == 0
+    metrics = json.loads(out.read_text())
+    labels = read_cifar(data, 'cifar10', 'test').labels
+    majority_error = 100 * (1 - np.bincount(labels).max() / len(labels))
+    assert majority_error == pytest.approx(90)
+    assert metrics['top1_error'] < majority_error - 40, metrics
+
+
+def test_resume_with_the_tools_continues_exactly(small_data, tmp_path):
+    """An epoch-based run stopped after epoch 1 and resumed with --resume ends with the weights of the
+    run that was never stopped (crops and flips draw from torch's RNG, which checkpoints store)."""
+    from attn_plugins.checkpoint import load_state_dict_file
+    from attn_plugins.runner import build_runner
+    # validating every epoch as the interrupted run did (mmengine re-saves the epoch's checkpoint
+    # after validating, with the random state after it)
+    options = data_options(small_data) + ['train_dataloader.dataset.indices=32', 'train_cfg.val_interval=1',
+                                          'model.backbone.conv_dropout=true', 'log_level=WARNING']
+    train = tool('train').main
+    assert train([TOY_ATT3, '--work-dir', str(tmp_path / 'a'), '--cfg-options', *options,
+                  'train_cfg.max_epochs=2']) == 0
+    first = build_runner(TOY_ATT3, work_dir=str(tmp_path / 'b'), cfg_options=options + ['train_cfg.max_epochs=2'])
+    first.train_loop._max_epochs = 1                 # stop after epoch 1, as an interrupted run would
+    first.train()
+    assert train([TOY_ATT3, '--work-dir', str(tmp_path / 'b'), '--resume', '--cfg-options', *options,
+                  'train_cfg.max_epochs=2']) == 0
+    a = load_state_dict_file(str(tmp_path / 'a' / 'epoch_2.pth'))
+    b = load_state_dict_file(str(tmp_path / 'b' / 'epoch_2.pth'))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
