@@ -41,7 +41,7 @@ _ELEMENTWISE = {
     'add', 'sub', 'rsub', 'mul', 'div', 'neg', 'reciprocal', 'pow', 'sqrt', 'rsqrt', 'exp', 'log', 'abs',
     'relu', 'relu6', 'sigmoid', 'hardsigmoid', 'tanh', 'hardtanh', 'gelu', 'silu', 'hardswish', 'mish',
     'leaky_relu', 'elu', 'softplus', 'clamp', 'clamp_min', 'clamp_max', 'threshold', 'square', 'addcmul',
-    'addcdiv', 'lerp', 'where', 'erf', 'sin', 'cos', 'floor_divide', 'remainder', 'maximum', 'minimum'}
+    'addcdiv', 'lerp', 'where', 'erf', 'log2', 'log10', 'log1p', 'expm1', 'sin', 'cos', 'floor_divide', 'remainder', 'maximum', 'minimum'}
 _REDUCTIONS = {'sum', 'mean', 'amax', 'amin', 'max', 'min', 'var', 'std', 'var_mean', 'std_mean', 'prod',
                'logsumexp', 'norm', 'linalg_vector_norm', 'cumsum', 'argmax', 'argmin'}
 _SOFTMAX = {'_softmax', '_log_softmax', 'softmax', 'log_softmax'}
@@ -69,7 +69,7 @@ _FREE = {
     'sym_numel', 'is_nonzero', 'any', 'all', 'isnan', 'isinf', 'sign', 'floor', 'ceil', 'round', 'trunc',
     'to', 'narrow', 'split_copy', 'view_as_real', 'view_as_complex', 'col2im', 'im2col', 'mean_backward',
     'unflatten', 'flatten', 'expand_as', 'movedim', 'unsafe_split', 'unsafe_chunk', 'linspace',
-    'bucketize', 'searchsorted', 'one_hot', 'embedding', 'zero', 'normal', 'uniform', 'bernoulli', 'set',
+    'bucketize', 'searchsorted', 'masked_select', 'one_hot', 'embedding', 'zero', 'normal', 'uniform', 'bernoulli', 'set',
     'resize', 'exponential', 'random', 'lift_fresh_copy', 'scalar_tensor', 'stride', 'size', 'numel', 'dim'}
 
 

@@ -118,28 +118,82 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     return (3, *shape) if len(shape) == 2 else shape
 
 
-def _pipeline_scale(cfg) -> tuple[int, int] | None:
-    for loader in ('test_dataloader', 'val_dataloader'):
+def _pair(value) -> tuple[int, int] | None:
+    """A side (int) or an (a, b) pair of ints, as a pair; None otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _pipeline_size(cfg) -> tuple[tuple[int, int], int | None, str] | None:
+    """(H, W) after the test (else val, else train) pipeline's last crop or resize, the clip length
+    of a SampleFrames step, and where that came from."""
+    for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
         dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        size, clip_len = None, None
         for transform in dataset.get('pipeline') or []:
-            scale = transform.get('scale') if isinstance(transform, dict) else None
-            if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
-                return int(scale[1]), int(scale[0])          # mmcv scales are (w, h)
+            if not isinstance(transform, dict):
+                continue
+            clip_len = transform.get('clip_len', clip_len)
+            crop = _pair(transform.get('crop_size')) or _pair(transform.get('size'))
+            scale = transform.get('scale')
+            if crop:                                        # crops are (h, w)
+                size = crop
+            elif _pair(scale):                              # mmcv scales are (w, h); -1 keeps the ratio
+                width, height = _pair(scale)
+                size = (height if height > 0 else width, width if width > 0 else height)
+        if size is None and _pair(dataset.get('img_size')):
+            size = _pair(dataset.get('img_size'))
+        if size is not None:
+            return size, clip_len, f"the {loader.split('_')[0]} pipeline"
+    return None
+
+
+def _example_input(cfg_node) -> list | None:
+    """The first `example_input` shape (InjectAttention's probing input) in a model config."""
+    if isinstance(cfg_node, dict):
+        shape = cfg_node.get('example_input')
+        if isinstance(shape, (list, tuple)) and len(shape) >= 3 and all(isinstance(s, int) for s in shape):
+            return list(shape)
+        for value in cfg_node.values():
+            found = _example_input(value)
+            if found:
+                return found
+    elif isinstance(cfg_node, (list, tuple)):
+        for value in cfg_node:
+            found = _example_input(value)
+            if found:
+                return found
     return None
 
 
 def default_input_shape(cfg, model: nn.Module) -> tuple[tuple[int, ...], str]:
-    """The input shape (without batch) a config implies, and where it came from."""
-    size = ((cfg.get('model') or {}).get('data_preprocessor') or {}).get('size')
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return (3, int(size[0]), int(size[1])), 'model.data_preprocessor.size'
-    scale = _pipeline_scale(cfg)
-    if scale:
-        return (3, *scale), "the test pipeline's resize scale"
+    """The input shape (without batch) a config implies, and where it came from: the data
+    preprocessor's size, the model's `input_size`, an `example_input`, the test pipeline's last crop
+    or resize, timm's input size, else 3x224x224. Video models (data preprocessor format 'NCTHW')
+    get (clips=1, C, T, H, W)."""
+    model_cfg = cfg.get('model') or {}
+    pre = model_cfg.get('data_preprocessor') or {}
+    video = pre.get('format_shape') == 'NCTHW'
+    pipeline = _pipeline_size(cfg)
+    clip_len = (pipeline[1] if pipeline else None) or 8
+    if _pair(pre.get('size')) and not video:
+        return (3, *_pair(pre['size'])), 'model.data_preprocessor.size'
+    if _pair(model_cfg.get('input_size')):
+        return (3, *_pair(model_cfg['input_size'])), 'model.input_size'
+    example = _example_input(model_cfg)
+    if example:
+        shape = tuple(example[1:])
+        return ((1, *shape) if video and len(shape) == 4 else shape), 'the example_input in model'
+    if pipeline:
+        (height, width), _, source = pipeline
+        return ((1, 3, clip_len, height, width) if video else (3, height, width)), source
     input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
     if input_size:
         return tuple(int(s) for s in input_size), "timm's pretrained_cfg input_size"
-    return DEFAULT_SHAPE, 'default'
+    return ((1, 3, clip_len, 224, 224) if video else DEFAULT_SHAPE), 'default'
 
 
 def dummy_data_samples(scope: str | None, shape: Sequence[int]) -> list | None:
@@ -167,8 +221,19 @@ def forward_call(model: nn.Module, inputs: torch.Tensor, scope: str | None):
     from mmengine.model import BaseModel
     if isinstance(model, BaseModel):
         samples = dummy_data_samples(scope, inputs.shape)
-        return lambda: model(inputs, samples, mode='tensor')
+        return lambda: tensor_forward(model, inputs, samples)
     return lambda: model(inputs)
+
+
+def tensor_forward(model: nn.Module, inputs, samples):
+    """A mmengine model's 'tensor' forward through its heads (mmaction recognizers stop after the
+    backbone unless asked for stage='head')."""
+    import inspect
+    extra = {}
+    impl = getattr(model, '_forward', None)
+    if impl is not None and 'stage' in inspect.signature(impl).parameters:
+        extra['stage'] = 'head'
+    return model(inputs, samples, mode='tensor', **extra)
 
 
 # ---------------------------------------------------------------- the plan
@@ -193,6 +258,9 @@ def _via(model: nn.Module, path: str, reports: dict) -> str:
     for attr, names in vars(parent).items():         # mmcv ResNet plugins: after_conv3_plugin_names, ...
         if attr.endswith('_plugin_names') and isinstance(names, (list, tuple)) and name in names:
             return f"plugin {attr[:-len('_plugin_names')]} of {type(parent).__name__}"
+    while parent_path and isinstance(parent, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
+        parent_path = parent_path.rpartition('.')[0]          # the model part that holds the container
+        parent = model.get_submodule(parent_path) if parent_path else model
     return f"part of {type(parent).__name__}"
 
 

@@ -126,6 +126,8 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
         _check_image(image)
     if isinstance(model, BaseModel) and getattr(model, 'data_preprocessor', None) is not None:
         from mmengine.dataset import pseudo_collate
+
+        from .plan import tensor_forward
         if image is not None:
             prepared = _image_sample(cfg, image)
         else:
@@ -139,7 +141,7 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
             shown = _display(inputs[0], getattr(pre, 'mean', None) if normalised else None,
                              getattr(pre, 'std', None) if normalised else None,
                              bgr=not getattr(pre, '_channel_conversion', False))
-            return ModelInput(lambda: model(inputs, samples, mode='tensor'), shown, source)
+            return ModelInput(lambda: tensor_forward(model, inputs, samples), shown, source)
     if sample is not None:
         raise ConfigError("--sample: this model has no data pipeline in its config; pass --image instead")
     if image is None:
