@@ -198,6 +198,27 @@ def test_blocks_keep_their_init_through_mmaction_init_weights():
         assert torch.equal(model.backbone(x), plain(x))
 
 
+def test_blocks_with_a_3d_checkpoint(tmp_path):
+    """With `pretrained` (a 3D checkpoint) ResNet3d only loads it: blocks get the checkpoint's weights,
+    or keep their own init when it has none for them."""
+    source = toy_recognizer('nonlocal_i3d').backbone
+    randomize(source)
+    path = str(tmp_path / 'resnet3d.pth')
+    torch.save({'state_dict': source.state_dict()}, path)
+    cfg = toy_cfg('nonlocal_i3d')
+    cfg.model.backbone.module.update(pretrained=path, pretrained2d=False)
+    model = models().build(cfg.model)
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    torch.save({'state_dict': {k: v for k, v in source.state_dict().items() if 'attn_' not in k}}, path)
+    model = models().build(cfg.model)
+    model.init_weights()
+    blocks = [m for m in model.modules() if isinstance(m, NonLocal)]
+    assert len(blocks) == 5 and all(not b.out_norm.weight.any() and b.g.weight.std() < 0.02 for b in blocks)
+    assert torch.equal(model.backbone.conv1.conv.weight, source.conv1.conv.weight)
+
+
 def test_nonlocal_injected_matches_mmaction_own_nonlocal():
     """mmaction2's ResNet3d with its own (mmcv NonLocal3d) blocks after res3 blocks 1, 3 and res4 blocks
     1, 3, 5, and the same ResNet3d with ours injected there, its checkpoint converted: same output."""
