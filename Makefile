@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup test test-fast demo bench env clean
+.PHONY: setup test test-fast demo bench bench-full env clean
 setup:
 	@./tools/setup_env.sh
 
@@ -15,11 +15,17 @@ test-fast: setup
 demo: setup
 	$(PY) tools/demo.py --work-dir work_dirs/demo
 
+# quick subset (a harness check, a few minutes): models suite on tiny shapes + the papers' rows
 bench: setup
-	$(PY) tools/benchmark.py --suite blocks
+	$(PY) tools/benchmark.py --suite models --quick --paper --json work_dirs/benchmark/models_quick.json
+
+# the measurement behind README's results section: run it on a quiet machine (about an hour)
+bench-full: setup
+	$(PY) tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
+	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json
 
 env: setup
 	.venv/bin/attn-plugins env
 
 clean:
-	rm -rf work_dirs data/toy_cityscapes
+	rm -rf work_dirs data/toy_cityscapes data/toy_coco data/toy_voc

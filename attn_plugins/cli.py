@@ -1,9 +1,10 @@
-"""`attn-plugins` command line: env, list, train, test, plan, viz.
+"""`attn-plugins` command line: env, list, train, test, plan, viz, bench.
 
     attn-plugins train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options K=V ...] [--launcher pytorch]
     attn-plugins test CONFIG CHECKPOINT [--out metrics.json] [--allow-partial-checkpoint] ...
     attn-plugins plan CONFIG [--input-shape H,W] [--json PATH] [--cfg-options K=V ...]
     attn-plugins viz CONFIG [--checkpoint CKPT] [--image PATH | --sample N] [--out DIR] [--queries X,Y ...]
+    attn-plugins bench [--suite blocks|seg|train|models] [--paper] [--quick] [--json PATH] [--readme JSON]
 
 train and test need the `seg` (or `det`) extra; tools/train.py and tools/test.py run the same code.
 """
@@ -33,7 +34,7 @@ def env() -> int:
     except Exception as err:  # noqa: BLE001
         ops = f"no ({type(err).__name__}: {err})"
     rows.append(('mmcv compiled ops', ops))
-    rows += [(m, _version(m)) for m in ('mmdet', 'mmseg')]
+    rows += [(m, _version(m)) for m in ('mmdet', 'mmseg', 'mmaction')]
     import torch
     rows.append(('cuda available', str(torch.cuda.is_available())))
     rows.append(('attn_plugins', attn_plugins.__version__))
@@ -48,9 +49,10 @@ def env() -> int:
 TRAIN_HELP = "train a model from a YAML (or OpenMMLab .py) config with mmengine's Runner"
 TEST_HELP = "evaluate a checkpoint with the config's test dataloader and evaluator"
 TRAIN_EPILOG = "Distributed (CPU, gloo): torchrun --nproc_per_node=2 -m attn_plugins.cli train CONFIG --launcher pytorch"
-TEST_EPILOG = ("CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys are converted on load. A "
-               "checkpoint that does not fit the config's model (keys missing, unexpected or of another shape) is "
-               "an error unless --allow-partial-checkpoint. User errors exit with status 2 and one line on stderr.")
+TEST_EPILOG = ("With a segmentation config, CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys are "
+               "converted on load. A checkpoint that does not fit the config's model (keys missing, unexpected or of "
+               "another shape) is an error unless --allow-partial-checkpoint. COCO / VOC annotation files are checked "
+               "first. User errors exit with status 2 and one line on stderr.")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +94,7 @@ def train(args: argparse.Namespace) -> int:
     from .runner import build_runner
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           launcher=args.launcher, resume=args.resume, amp=args.amp,
-                          trust_config=args.trust_config)
+                          trust_config=args.trust_config, check_data=('train_dataloader', 'val_dataloader'))
     runner.train()
     return 0
 
@@ -103,7 +105,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from .runner import build_runner
     runner = build_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options,
                           launcher=args.launcher, load_from=args.checkpoint,
-                          trust_config=args.trust_config, allow_partial_checkpoint=args.allow_partial_checkpoint)
+                          trust_config=args.trust_config, allow_partial_checkpoint=args.allow_partial_checkpoint,
+                          check_data=('test_dataloader',))
     metrics = {k: float(v) for k, v in runner.test().items()}
     print(json.dumps(metrics, indent=2))
     if args.out:
@@ -201,7 +204,29 @@ def viz_main(argv=None, prog: str = 'attn-plugins viz') -> int:
     return run_analysis(prog, 'viz', add_viz_arguments(parser).parse_args(argv))
 
 
+BENCH_HELP = "benchmark blocks and whole models against their peers, and the papers' tables (= tools/benchmark.py)"
+
+
+def bench_main(argv=None, prog: str = 'attn-plugins bench') -> int:
+    """`attn-plugins bench ...`: tools/benchmark.py of this source checkout (the benchmark and its
+    configs live in the repository, not in an installed wheel)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools', 'benchmark.py')
+    if not os.path.isfile(path):
+        print(f"{prog}: error: {path} not found: the benchmark runs from a source checkout of attn_plugins "
+              "(its tools/ folder), not from an installed wheel", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location('attn_plugins_benchmark', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv, prog=prog)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['bench']:              # its own parser: every option of tools/benchmark.py
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog='attn-plugins', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('env', help='print versions of the stack and what is registered')
@@ -210,6 +235,7 @@ def main(argv=None) -> int:
     add_test_arguments(sub.add_parser('test', help=TEST_HELP, description=TEST_HELP, epilog=TEST_EPILOG))
     add_plan_arguments(sub.add_parser('plan', help=PLAN_HELP, description=PLAN_HELP, epilog=PLAN_EPILOG))
     add_viz_arguments(sub.add_parser('viz', help=VIZ_HELP, description=VIZ_HELP, epilog=VIZ_EPILOG))
+    sub.add_parser('bench', help=BENCH_HELP, add_help=False)
     args = parser.parse_args(argv)
     if args.command == 'env':
         return env()

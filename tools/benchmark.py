@@ -1,7 +1,21 @@
 #!/usr/bin/env python
 """Benchmark attention blocks against their peers (timm, mmcv, mmsegmentation).
 
-    python tools/benchmark.py --suite blocks|seg|train [--quick] [--only NAME ...] [--json PATH]
+    python tools/benchmark.py --suite blocks|seg|train|models [--quick] [--only NAME ...] [--json PATH]
+    python tools/benchmark.py --paper [--quick] [--json PATH]       # the papers' params / GFLOPs rows
+    python tools/benchmark.py --readme JSON                         # README results section from a JSON
+    attn-plugins bench ...                                          # the same command
+
+The measurement behind README's results section (quiet machine, about an hour):
+    python tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
+    python tools/benchmark.py --readme work_dirs/benchmark/models.json          (= make bench-full)
+`make bench` runs the quick subset (--suite models --quick --paper): a harness check.
+
+Suite 'models' (tools/bench_models.py): whole models, base vs ours vs peer (params, FLOPs with
+the gate ops mmengine skips (tools/bench_flops.py), CPU latency and peak memory as ratios to the
+base, goals, a resolution sweep of PAM / NonLocal / CAM against their peers with the peer's
+out-of-memory points, PNG plots, a rich table and a progress bar). `--paper`
+(tools/bench_paper.py): parameter counts and GFLOPs next to the papers' tables.
 
 Times: ours and the peer run in one process on the same input, interleaved in rounds
 (ours, peer | peer, ours | ...: the side that goes first alternates), after `warmup` rounds
@@ -14,25 +28,33 @@ weights already built). Ratios are peer / ours (> 1 means ours is better). `--qu
 shapes with 1 warm-up and 3 repeats (a smoke test of the harness, not a measurement).
 
 Suite 'train' times a training step (forward, loss, backward, fp32 or under CPU bf16 autocast on
-both sides) of PAM and NonLocal against mmseg's PAM and mmcv's NonLocal2d the same way; its peak
-memory is the step's (saved activations, gradients) above the RSS before it. Its 'bmm ceiling'
-rows put our step beside plain bmm calls with the FLOPs of its attention matmuls (the flash
-recipe's 2·B·N²·(3·Cv + 4·Ck)) in the same precision: their speedup is the share of the
-machine's matmul throughput our whole step reaches. Train rows also give ours / peer ratios
-(time and memory, < 1 means ours is better), the form of the goals in issue 12.
+both sides) of PAM and NonLocal against mmseg's PAM and mmcv's NonLocal2d the same way, their
+inference in fp32 and under bf16 autocast (both sides in the same precision), and a whole DANet
+R50-D8 against the same model with mmseg's DAHead: a training iteration (loss, backward, SGD step;
+512x1024, batch 2) in fp32 and bf16, and bf16 whole-image inference. Peak memory is the step's
+(saved activations, gradients) above the RSS before it. Every row has the bmm ceiling: each side's
+FLOPs (torch's FlopCounterMode: matmuls and convolutions, forward and backward) over the
+throughput of a plain bmm in the same precision, probed in every timed round: the share of the
+machine's matmul speed the step reaches. Train rows also give ours / peer ratios (time and
+memory, < 1 means ours is better), the form of the goals in issue 12.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, 'tools')
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
 
 TIMM_SE = 'from timm.layers.squeeze_excite import SEModule'
 TIMM_CBAM = 'from timm.layers.cbam import CbamModule'
@@ -68,9 +90,10 @@ SEG_CASES = {
 }
 SEG_SCHEDULE = (1, 3)
 
-# Training step (suite 'train'): name -> (ours, peer import, peer, shape, quick shape). Factories
-# are snippets giving a callable of x; `train_step(block, bf16)` and `Ceiling` are defined in the child.
-# Quick shapes have 48 x 48 positions: 2304² scores, above the dense limit, so ours chunks.
+# Training step and inference (suite 'train'): name -> (ours, peer import, peer, shape, quick shape).
+# Factories are snippets giving a callable of x; `train_step(block, bf16)` and `infer_step(block,
+# bf16)` are defined in the child. The precision is the name's last word (fp32, or bf16 autocast on
+# both sides). Quick shapes have 48 x 48 positions: 2304² scores, above the dense limit, so ours chunks.
 TRAIN_CASES = {
     'PAM train fp32': ('train_step(PositionAttention(c, qk_channels=64), False)', MMSEG_DA,
                        'train_step(PAM(c, 64), False)', (2, 512, 64, 128), (1, 16, 48, 48)),
@@ -80,13 +103,25 @@ TRAIN_CASES = {
                               'train_step(NonLocal2d(c), False)', (2, 512, 64, 128), (1, 16, 48, 48)),
     'NonLocal2d train bf16': ('train_step(NonLocal(c, norm=False), True)', MMCV_NL,
                               'train_step(NonLocal2d(c), True)', (2, 512, 64, 128), (1, 16, 48, 48)),
-    'PAM train fp32 vs bmm ceiling': ('train_step(PositionAttention(c, qk_channels=64), False)', '',
-                                      'Ceiling(shape, 64, c, torch.float32)', (2, 512, 64, 128), (1, 16, 48, 48)),
-    'PAM train bf16 vs bmm ceiling': ('train_step(PositionAttention(c, qk_channels=64), True)', '',
-                                      'Ceiling(shape, 64, c, torch.bfloat16)', (2, 512, 64, 128), (1, 16, 48, 48)),
-    'NonLocal2d train fp32 vs bmm ceiling': ('train_step(NonLocal(c, norm=False), False)', '',
-                                             'Ceiling(shape, c // 2, c // 2, torch.float32)', (2, 512, 64, 128),
-                                             (1, 16, 48, 48)),
+    'PAM infer fp32': ('infer_step(PositionAttention(c, qk_channels=64), False)', MMSEG_DA,
+                       'infer_step(PAM(c, 64), False)', (1, 512, 128, 256), (1, 16, 48, 48)),
+    'PAM infer bf16': ('infer_step(PositionAttention(c, qk_channels=64), True)', MMSEG_DA,
+                       'infer_step(PAM(c, 64), True)', (1, 512, 128, 256), (1, 16, 48, 48)),
+    'NonLocal2d infer fp32': ('infer_step(NonLocal(c, norm=False), False)', MMCV_NL,
+                              'infer_step(NonLocal2d(c), False)', (1, 512, 128, 256), (1, 16, 48, 48)),
+    'NonLocal2d infer bf16': ('infer_step(NonLocal(c, norm=False), True)', MMCV_NL,
+                              'infer_step(NonLocal2d(c), True)', (1, 512, 128, 256), (1, 16, 48, 48)),
+}
+# Whole DANet R50-D8 (suite 'train'): name -> (ours config, peer decode head, training?, shape, quick
+# shape). A training iteration is loss (decode + auxiliary heads on random Cityscapes labels),
+# backward and an SGD step; inference is one whole image (fp32 inference: suite 'seg').
+TRAIN_SEG_CASES = {
+    'DANet R50-D8 train fp32': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead', True,
+                                (2, 3, 512, 1024), (1, 3, 64, 128)),
+    'DANet R50-D8 train bf16': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead', True,
+                                (2, 3, 512, 1024), (1, 3, 64, 128)),
+    'DANet R50-D8 infer bf16': ('configs/seg/danet_r50-d8_4xb2-80k_cityscapes-512x1024.yaml', 'DAHead', False,
+                                (1, 3, 1024, 2048), (1, 3, 64, 128)),
 }
 TRAIN_SCHEDULE = (1, 3)
 
@@ -142,7 +177,7 @@ report(base)
 """
 
 TRAIN_HELPERS = r"""
-import math
+from torch.utils.flop_counter import FlopCounterMode
 def train_step(block, bf16):
     block.train()
     def step(inp):
@@ -152,25 +187,108 @@ def train_step(block, bf16):
         block.zero_grad(set_to_none=True)
         inp.grad = None
     return step
+def infer_step(block, bf16):
+    block.eval()
+    def step(inp):
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            return block(inp)
+    return step
+def step_flops(step, inp):
+    # FLOPs of one call as torch counts them (matmuls and convolutions, forward and backward)
+    with FlopCounterMode(display=False) as counter:
+        step(inp)
+    return counter.get_total_flops()
 class Ceiling:
-    # bmm calls with the FLOPs of the attention matmuls of a flash training step on `shape`
-    def __init__(self, shape, ck, cv, dtype):
-        b, n = shape[0], math.prod(shape[2:])
-        rows = math.gcd(n, 512)
-        self.a = torch.randn(b, rows, 3 * cv + 4 * ck, dtype=dtype)
-        self.w = torch.randn(b, 3 * cv + 4 * ck, n, dtype=dtype)
-        self.calls = n // rows
-    def __call__(self, inp):
-        for _ in range(self.calls):
-            torch.bmm(self.a, self.w)
-x.requires_grad_()
+    # one plain bmm in the step's precision: the machine's matmul throughput (the best of 3 calls)
+    def __init__(self, dtype):
+        self.a, self.b = torch.randn(1, 1024, 1024, dtype=dtype), torch.randn(1, 1024, 2048, dtype=dtype)
+        self.flops = 2 * 1024 * 1024 * 2048
+    def __call__(self):
+        best = float('inf')
+        for _ in range(3):
+            t = time.perf_counter(); torch.bmm(self.a, self.b); best = min(best, time.perf_counter() - t)
+        return best
+"""
+# TIME_LOOP with gradients on, the ceiling probe after each round's pair (`order` keeps the pairs)
+# and the FLOPs of one call of each side.
+TRAIN_TIME_LOOP = r"""
+def timed(name):
+    t = time.perf_counter(); y = impls[name](x); dt = time.perf_counter() - t
+    del y
+    return dt
+ceiling = Ceiling(torch.{dtype})
+times, order, warmup_order, ceiling_times = dict(ours=[], peer=[]), [], [], []
+for i in range({warmup} + {repeats}):
+    pair = ('ours', 'peer') if i % 2 == 0 else ('peer', 'ours')
+    for name in pair:
+        dt = timed(name)
+        if i >= {warmup}:
+            times[name].append(dt)
+    probe = ceiling()
+    if i >= {warmup}:
+        ceiling_times.append(probe)
+    (order if i >= {warmup} else warmup_order).append(list(pair))
+flops = dict(ours=step_flops(impls['ours'], x), peer=step_flops(impls['peer'], x))
+print(json.dumps(dict(times=times, order=order, warmup_order=warmup_order, flops=flops,
+                      ceiling=dict(times=ceiling_times, flops=ceiling.flops))))
 """
 TRAIN_TIME_CHILD = PRELUDE + TRAIN_HELPERS + r"""
+x.requires_grad_()
 impls = dict(ours={ours}, peer={peer})
-""" + TIME_LOOP.replace('with torch.no_grad():', 'with torch.enable_grad():')
+""" + TRAIN_TIME_LOOP
 TRAIN_MEMORY_CHILD = PRELUDE + RSS + TRAIN_HELPERS + r"""
+x.requires_grad_()
 step = {factory}
 step(x[:1, :, :2, :2].detach().requires_grad_())
+base = rss_kb()
+step(x)
+report(base)
+"""
+SEG_TRAIN_HELPERS = r"""
+import attn_plugins
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+def seg_step(config, head_type, bf16, training):
+    # ours (the config) or the same model with mmseg's decode head `head_type`; BN for SyncBN
+    cfg = attn_plugins.load_config(config)
+    init_default_scope('mmseg')
+    model_cfg = cfg.model.copy()
+    model_cfg.pretrained = None
+    model_cfg.backbone.norm_cfg = model_cfg.decode_head.norm_cfg = model_cfg.auxiliary_head.norm_cfg = dict(type='BN')
+    if head_type != 'ours':
+        model_cfg.decode_head = {{k: v for k, v in model_cfg.decode_head.items() if k not in ('loss_weights', 'chunk_elements')}}
+        model_cfg.decode_head['type'] = head_type
+    model = MODELS.build(model_cfg)
+    if not training:
+        model.eval()
+        def infer(inp):
+            with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+                return model(inp, mode='tensor')
+        return infer
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)   # the config's
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(shape[0]):
+        sample = SegDataSample(metainfo=dict(img_shape=shape[2:], pad_shape=shape[2:], ori_shape=shape[2:]))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, *shape[2:]), generator=gen))
+        samples.append(sample)
+    def step(inp):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            losses = model.loss(inp, samples)
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+"""
+SEG_TRAIN_TIME_CHILD = PRELUDE + TRAIN_HELPERS + SEG_TRAIN_HELPERS + r"""
+impls = dict(ours=seg_step({config!r}, 'ours', {bf16}, {training}), peer=seg_step({config!r}, {head!r}, {bf16}, {training}))
+""" + TRAIN_TIME_LOOP
+SEG_TRAIN_MEMORY_CHILD = PRELUDE + RSS + TRAIN_HELPERS + SEG_TRAIN_HELPERS + r"""
+step = seg_step({config!r}, {head!r}, {bf16}, {training})
 base = rss_kb()
 step(x)
 report(base)
@@ -275,21 +393,53 @@ def run_seg(args) -> list[dict]:
     return rows
 
 
+def ceiling_info(timing: dict) -> dict:
+    """Each side's FLOPs (torch's count of one call) against plain bmm timed in the same rounds:
+    `*_ceiling_s` is how long bmm takes for those FLOPs, `*_share` that over the side's median time
+    (1.0 = the step runs at the machine's matmul throughput)."""
+    probe = spread(timing['ceiling']['times'])
+    flops_per_s = timing['ceiling']['flops'] / probe['median']
+    info = dict(bmm_flops_per_s=flops_per_s, probe_s=probe)
+    for side in ('ours', 'peer'):
+        flops = timing['flops'][side]
+        info.update({f'{side}_flops': flops, f'{side}_ceiling_s': flops / flops_per_s,
+                     f'{side}_share': flops / flops_per_s / statistics.median(timing['times'][side])})
+    return info
+
+
 def run_train(args) -> list[dict]:
     rows = []
-    for name in selected(args, TRAIN_CASES):
-        ours, peer_import, peer, shape, quick_shape = TRAIN_CASES[name]
-        shape = quick_shape if args.quick else shape
+    for name in selected(args, {**TRAIN_CASES, **TRAIN_SEG_CASES}):
+        seg = name in TRAIN_SEG_CASES
+        precision = name.rsplit(' ', 1)[-1]
+        assert precision in ('fp32', 'bf16'), name
         warmup, repeats = schedule(args, TRAIN_SCHEDULE)
-        print(f"[bench] {name} {tuple(shape)} (training step): {warmup} warm-up + {repeats} interleaved rounds ...",
+        if seg:
+            config, peer_head, training, shape, quick_shape = TRAIN_SEG_CASES[name]
+            shape = quick_shape if args.quick else shape
+            ours, peer = config, f'mmseg {peer_head}'
+            fmt = dict(shape=tuple(shape), threads=args.threads, imports='', config=config, training=training,
+                       bf16=precision == 'bf16')
+            time_child = SEG_TRAIN_TIME_CHILD.format(head=peer_head, warmup=warmup, repeats=repeats,
+                                                     dtype='bfloat16' if precision == 'bf16' else 'float32', **fmt)
+            memory_children = [SEG_TRAIN_MEMORY_CHILD.format(head=head, **fmt) for head in ('ours', peer_head)]
+            what = 'training iteration' if training else 'whole-image inference'
+        else:
+            ours, peer_import, peer, shape, quick_shape = TRAIN_CASES[name]
+            shape = quick_shape if args.quick else shape
+            fmt = dict(shape=tuple(shape), threads=args.threads, imports=BLOCK_IMPORTS.format(peer_import=peer_import))
+            time_child = TRAIN_TIME_CHILD.format(ours=ours, peer=peer, warmup=warmup, repeats=repeats,
+                                                 dtype='bfloat16' if precision == 'bf16' else 'float32', **fmt)
+            memory_children = [TRAIN_MEMORY_CHILD.format(factory=factory, **fmt) for factory in (ours, peer)]
+            what = 'inference' if ' infer ' in name else 'training step'
+        print(f"[bench] {name} {tuple(shape)} ({what}): {warmup} warm-up + {repeats} interleaved rounds ...",
               flush=True)
-        fmt = dict(shape=tuple(shape), threads=args.threads, imports=BLOCK_IMPORTS.format(peer_import=peer_import))
-        timing = run_child(TRAIN_TIME_CHILD.format(ours=ours, peer=peer, warmup=warmup, repeats=repeats, **fmt))
-        mem_ours = run_child(TRAIN_MEMORY_CHILD.format(factory=ours, **fmt))
-        mem_peer = run_child(TRAIN_MEMORY_CHILD.format(factory=peer, **fmt))
+        timing = run_child(time_child)
+        mem_ours, mem_peer = (run_child(child) for child in memory_children)
         row = result_row(name, shape, ours, peer, timing, mem_ours, mem_peer, warmup)
         row['ours_over_peer'] = dict(time=1 / row['speedup']['ratio'],
                                      memory=mem_ours['peak_mb'] / max(mem_peer['peak_mb'], 1e-3))
+        row['ceiling'] = ceiling_info(timing)
         rows.append(row)
     return rows
 
@@ -310,19 +460,70 @@ def print_table(rows: list[dict]) -> None:
         if 'ours_over_peer' in r:
             print(f"  {r['case']}: ours / peer time {r['ours_over_peer']['time']:.2f}x, "
                   f"extra memory {r['ours_over_peer']['memory']:.2f}x")
+        if 'ceiling' in r:
+            c = r['ceiling']
+            print(f"    bmm ceiling ({c['bmm_flops_per_s'] / 1e9:.0f} GFLOP/s): ours {c['ours_flops'] / 1e9:.1f} GFLOP "
+                  f"= {c['ours_ceiling_s'] * 1e3:.4g} ms as bmm, {c['ours_share']:.0%} of it; "
+                  f"peer {c['peer_flops'] / 1e9:.1f} GFLOP = {c['peer_ceiling_s'] * 1e3:.4g} ms, {c['peer_share']:.0%}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--suite', choices=['blocks', 'seg', 'train'], default='blocks',
-                        help="blocks: each block vs its peer; seg: whole-image DANet inference vs mmseg; "
-                             "train: training steps of PAM / NonLocal vs mmseg / mmcv and the bmm ceiling")
+# Suites: name -> dict(run=f(args) -> rows (or a dict with 'rows' and more), cases=f(args) -> names,
+# table=f(result) printing it, help=str). The modules in SUITE_MODULES (in tools/) each define
+# SUITE = dict(name=..., run=..., cases=..., table=..., help=...); add yours there.
+SUITE_MODULES = ('bench_models', 'bench_det')
+
+
+def load_suites() -> dict[str, dict]:
+    suites = {
+        'blocks': dict(run=run_blocks, cases=lambda args: selected(args, CASES), table=print_table,
+                       help='each block vs its peer'),
+        'seg': dict(run=run_seg, cases=lambda args: selected(args, SEG_CASES), table=print_table,
+                    help='whole-image DANet inference vs mmseg'),
+        'train': dict(run=run_train, cases=lambda args: selected(args, {**TRAIN_CASES, **TRAIN_SEG_CASES}),
+                      table=print_table,
+                      help='training steps and fp32 / bf16 inference of PAM / NonLocal vs mmseg / mmcv, a DANet '
+                           'R50-D8 training iteration vs mmseg, each with the bmm ceiling of its FLOPs'),
+    }
+    for module in SUITE_MODULES:
+        suite = importlib.import_module(module).SUITE
+        suites[suite['name']] = suite
+    return suites
+
+
+def machine_info() -> dict:
+    info = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count())
+    try:
+        import bench_models
+        info['mem_total_bytes'] = bench_models.mem_total_bytes()
+    except (OSError, RuntimeError):
+        pass
+    return info
+
+
+def main(argv=None, prog: str = 'benchmark.py') -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    suites = load_suites()
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--suite', choices=list(suites),
+                        help='; '.join(f"{name}: {suite['help']}" for name, suite in suites.items()) +
+                             ' (default: blocks, or none with --paper)')
+    parser.add_argument('--paper', action='store_true',
+                        help="the papers' parameter counts and GFLOPs next to ours (SE, CBAM, non-local C2D); "
+                             'with --quick the C2D video rows give parameters only')
+    parser.add_argument('--readme', metavar='JSON',
+                        help="write README's generated results section from a --suite models / --paper JSON")
+    parser.add_argument('--readme-file', default=os.path.join(ROOT, 'README.md'), help='the README --readme edits')
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes, 1 warm-up and 3 timed rounds (checks the harness; not a measurement)')
     parser.add_argument('--only', nargs='*', help='case names (substring match)')
     parser.add_argument('--warmup', type=int, help='untimed rounds per case (default: per case)')
     parser.add_argument('--repeats', type=int, help='timed rounds per case (default: per case)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    parser.add_argument('--no-sweep', action='store_true', help='models: skip the resolution sweep')
+    parser.add_argument('--mem-limit-gb', type=float,
+                        help='models sweep: memory the peers must fit in (default: MemTotal of /proc/meminfo)')
+    parser.add_argument('--plots', help='models: folder of the PNG plots (default: next to the JSON)')
     parser.add_argument('--out', default='work_dirs/benchmark', help='folder of the default JSON path')
     parser.add_argument('--json', help='write the results here (default: OUT/SUITE[_quick].json)')
     args = parser.parse_args(argv)
@@ -330,21 +531,50 @@ def main(argv=None) -> int:
         parser.error(f'--warmup: expected >= 0, got {args.warmup}')
     if args.repeats is not None and args.repeats < 1:
         parser.error(f'--repeats: expected >= 1, got {args.repeats}')
-    cases = {'seg': SEG_CASES, 'train': TRAIN_CASES}.get(args.suite, CASES)
-    if not selected(args, cases):
-        parser.error(f"--only {' '.join(args.only)}: no {args.suite} case matches; cases: {list(cases)}")
+    if args.mem_limit_gb is not None and args.mem_limit_gb <= 0:
+        parser.error(f'--mem-limit-gb: expected > 0, got {args.mem_limit_gb}')
+    if args.readme:
+        if args.suite or args.paper:
+            parser.error('--readme JSON only writes README from an existing JSON; run the benchmark first')
+        import bench_models
+        try:
+            bench_models.update_readme(args.readme, args.readme_file)
+        except (OSError, ValueError) as err:
+            parser.exit(2, f'{prog}: error: --readme: {err}\n')
+        print(f"[bench] wrote the results section of {args.readme_file} from {args.readme}")
+        return 0
+    suite_name = args.suite or (None if args.paper else 'blocks')
+    suite = suites.get(suite_name)
+    if suite is not None and not suite['cases'](args):
+        parser.error(f"--only {' '.join(args.only)}: no {suite_name} case matches; cases: "
+                     f"{suite['cases'](argparse.Namespace(**{**vars(args), 'only': None}))}")
 
     load_before = os.getloadavg()
-    rows = {'seg': run_seg, 'train': run_train}.get(args.suite, run_blocks)(args)
-    print_table(rows)
-    path = args.json or os.path.join(args.out, f"{args.suite}{'_quick' if args.quick else ''}.json")
+    result = {}
+    if suite is not None:
+        out = suite['run'](args)
+        result = out if isinstance(out, dict) else dict(rows=out)
+        suite['table'](result if isinstance(out, dict) else out)
+    if args.paper:
+        import bench_models
+        import bench_paper
+        print('[bench] paper rows: parameters and GFLOPs (tracing each model) ...', flush=True)
+        result['paper'] = bench_paper.paper_rows(flops=True, video_flops=not args.quick)
+        bench_models.print_paper(result['paper'])
+    name = suite_name or 'paper'
+    path = args.json or os.path.join(args.out, f"{name}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    machine = dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                   loadavg_before=load_before, loadavg_after=os.getloadavg())
+    if suite_name == 'models':
+        import bench_models
+        result['plots'] = bench_models.write_plots(result, args.plots or os.path.dirname(os.path.abspath(path)))
+    machine = dict(machine_info(), loadavg_before=load_before, loadavg_after=os.getloadavg())
+    command = ' '.join(['python tools/benchmark.py', *map(shlex.quote, argv)])
     with open(path, 'w') as f:
-        json.dump(dict(suite=args.suite, quick=args.quick, threads=args.threads, machine=machine,
-                       date=time.strftime('%Y-%m-%d %H:%M:%S'), rows=rows), f, indent=2)
+        json.dump(dict(suite=name, quick=args.quick, threads=args.threads, machine=machine, command=command,
+                       date=time.strftime('%Y-%m-%d %H:%M:%S'), **result), f, indent=2)
     print(f"[bench] wrote {path}")
+    for plot in result.get('plots', []):
+        print(f"[bench] wrote {plot}")
     return 0
 
 
