@@ -210,7 +210,7 @@ def _query_panels(name: str, rows: torch.Tensor, key_grid, queries) -> list[Pane
         row = rows[0, i].reshape(*key_grid)
         if row.dim() == 3:
             row = row.sum(0)                  # video: over time
-        panels.append(Panel('map', row.float().cpu().numpy(), f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
+        panels.append(Panel('map', row.detach().float().cpu().numpy(), f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
     return panels
 
 
@@ -229,8 +229,8 @@ def _non_local_panels(block: NonLocal, x: torch.Tensor, queries, height, width):
     grid = tuple(x.shape[2:])
     rows = block.query_attention(x, _flat_queries(queries, grid, height, width))
     keys = tuple(block.pool(x[:1, :1]).shape[2:])
-    return _query_panels(f"non-local ({block.mode}{', keys sub-sampled' if block.sub_sample else ''}"
-                         f"{', keys summed over time' if len(keys) == 3 else ''})", rows, keys, queries)
+    return _query_panels(f"non-local ({block.mode})" + ('\nkeys summed over time' if len(keys) == 3 else ''),
+                         rows, keys, queries)
 
 
 def _recorded_panels(map_: torch.Tensor, name: str) -> list[Panel]:
@@ -338,6 +338,12 @@ def _upsample(map_: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(t, size=(height, width), mode='bilinear', align_corners=False)[0, 0].numpy()
 
 
+def _colorbar(fig, shown, ax) -> None:
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75)
+    bar.formatter.set_useOffset(False)          # 1.00002, not '1e-5 + 1'
+    bar.update_ticks()
+
+
 def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str = '') -> str:
     """One PNG for one block."""
     import matplotlib
@@ -360,11 +366,11 @@ def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str =
             shown = ax.imshow(panel.data, cmap='viridis', interpolation='nearest')
             ax.set_xlabel('channel j')
             ax.set_ylabel('channel i')
-            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75, format='%.3g')
+            _colorbar(fig, shown, ax)
         else:
             ax.imshow(image)
             shown = ax.imshow(_upsample(panel.data, height, width), cmap='jet', alpha=0.5)
-            fig.colorbar(shown, ax=ax, fraction=0.046, shrink=0.75, format='%.3g')
+            _colorbar(fig, shown, ax)
             if panel.query is not None:
                 ax.plot([panel.query[0]], [panel.query[1]], marker='x', color='white', markersize=10, mew=3)
                 ax.plot([panel.query[0]], [panel.query[1]], marker='x', color='black', markersize=8, mew=1.5)

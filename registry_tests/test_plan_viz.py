@@ -57,8 +57,7 @@ def test_plan_se_fcn_toy_rows_totals_and_json(tmp_path, capsys):
     # 'without blocks' is what the same config without its plugins builds and computes
     from attn_plugins.config import load_config
     from attn_plugins.plan import build_config_model, forward_call
-    cfg = load_config(config, ['model.backbone.plugins=None'])
-    assert cfg.model.backbone.plugins in (None, 'None')
+    cfg = load_config(config)
     cfg.model.backbone.plugins = None
     plain = build_config_model(cfg).eval()
     count, _ = count_flops(forward_call(plain, torch.randn(1, 3, 96, 96), 'mmseg'))
@@ -276,3 +275,25 @@ def test_train_names_an_unknown_openmmlab_type_as_plan_does(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"train.py: error: {config}: model.backbone.plugins.0.cfg.type: unknown type 'SEE' (not registered "
                    "in scope 'mmseg'); did you mean 'SE'?")
+
+
+@pytest.mark.parametrize('cfg, shape, source', [
+    (dict(model=dict(data_preprocessor=dict(size=[96, 128]))), (3, 96, 128), 'model.data_preprocessor.size'),
+    (dict(model=dict(input_size=96)), (3, 96, 96), 'model.input_size'),
+    (dict(model=dict(backbone=dict(type='InjectAttention', example_input=[1, 3, 40, 48]))), (3, 40, 48),
+     'the example_input in model'),
+    (dict(model={}, test_dataloader=dict(dataset=dict(pipeline=[dict(type='Resize', scale=(1333, 800))]))),
+     (3, 800, 1333), 'the test pipeline'),
+    (dict(model={}, test_dataloader=dict(dataset=dict(pipeline=[])),
+          train_dataloader=dict(dataset=dict(pipeline=[dict(type='RandomCropWithPadding', size=32)]))),
+     (3, 32, 32), 'the train pipeline'),
+    (dict(model=dict(data_preprocessor=dict(format_shape='NCTHW')),
+          test_dataloader=dict(dataset=dict(pipeline=[dict(type='SampleFrames', clip_len=32),
+                                                      dict(type='Resize', scale=(-1, 256)),
+                                                      dict(type='CenterCrop', crop_size=224)]))),
+     (1, 3, 32, 224, 224), 'the test pipeline'),
+])
+def test_plan_default_input_shape(cfg, shape, source):
+    from mmengine.config import Config
+    from attn_plugins.plan import default_input_shape
+    assert default_input_shape(Config(cfg), nn.Identity()) == (shape, source)
