@@ -6,13 +6,13 @@
     pXX/pose/NNNN    (2,) float64 head pose (pitch, yaw), radians
 
 (the layout hysts/pytorch_mpiigaze's preprocess_mpiifacegaze.py writes; see
-attn_plugins/datasets/mpiifacegaze.py). Each face is an ellipse with hair, two eyes, nose and
-mouth, drawn with soft (anti-aliased) edges. Gaze is learnable from the whole face, as in the
-real data: the inner face (eyes, nose, mouth) shifts with the head pose, and the irises shift
-inside the eyes with the eye-in-head rotation (gaze minus pose), along the image-plane part
-(x right, y down) of the gaze vector (-cos p sin y, -sin p, -cos p cos y): a positive yaw moves
-them left, a positive pitch up. Persons differ in face shape, skin, hair, eye spacing and
-iris colour; samples in position, scale, lighting, background and noise.
+attn_plugins/datasets/mpiifacegaze.py). Each face is an ellipse with hair, two large cartoon
+eyes, nose and mouth, drawn with soft (anti-aliased) edges. The irises shift inside the eyes
+along the image-plane part (x right, y down) of the gaze vector (-cos p sin y, -sin p,
+-cos p cos y): a positive yaw moves them left, a positive pitch up. The inner face (eyes, nose,
+mouth) shifts with the head pose, which is correlated with the gaze as in the real data. Persons
+differ in face shape, skin, hair, eye spacing and iris colour; samples in position, scale,
+colours, lighting, background and noise.
 
     python tools/make_toy_mpiifacegaze.py --out data/toy_mpiifacegaze/MPIIFaceGaze.h5 \\
         --persons 5 --per-person 100 --size 448
@@ -47,11 +47,11 @@ def _unit_xy(angles):
 
 
 def make_person(rng: np.random.Generator) -> dict:
-    return dict(face_rx=rng.uniform(0.50, 0.60), face_ry=rng.uniform(0.66, 0.76),
+    return dict(face_rx=rng.uniform(0.60, 0.68), face_ry=rng.uniform(0.66, 0.76),
                 skin=SKIN_DARK + rng.uniform() * (SKIN_LIGHT - SKIN_DARK) + rng.normal(0, 8, 3),
                 hair=rng.uniform(10, 90) * rng.uniform(0.6, 1.2, 3),
-                eye_dx=rng.uniform(0.24, 0.28), eye_y=rng.uniform(-0.20, -0.12),
-                eye_rx=rng.uniform(0.13, 0.15), eye_ry=rng.uniform(0.08, 0.095),
+                eye_dx=rng.uniform(0.29, 0.32), eye_y=rng.uniform(-0.20, -0.12),
+                eye_rx=rng.uniform(0.18, 0.21), eye_ry=rng.uniform(0.11, 0.13),
                 iris=rng.uniform(20, 140, 3), gaze_mean=rng.normal(0, 0.05, 2))
 
 
@@ -68,22 +68,23 @@ def render_face(rng: np.random.Generator, person: dict, gaze, pose, size: int) -
     hx, hy = _unit_xy(pose)                                               # head pose: inner face shifts
     fx, fy = cx + 0.5 * hx * scale, cy + 0.5 * hy * scale
     rx, ry = person['face_rx'] * scale, person['face_ry'] * scale
-    _paint(image, _ellipse(xx, yy, cx, cy - 0.06 * scale, rx * 1.08, ry * 1.02, pixel), person['hair'])
+    skin, hair = person['skin'] * rng.uniform(0.85, 1.15, 3), person['hair'] * rng.uniform(0.8, 1.25, 3)
+    _paint(image, _ellipse(xx, yy, cx, cy - 0.06 * scale, rx * 1.08, ry * 1.02, pixel), hair)
     face = _ellipse(xx, yy, cx, cy, rx, ry, pixel)
-    _paint(image, face * np.clip((yy - (cy - 0.5 * ry)) / (4 * pixel) + 0.5, 0, 1), person['skin'])
-    ex, ey = _unit_xy((gaze[0] - pose[0], gaze[1] - pose[1]))            # eye-in-head rotation: irises shift
+    _paint(image, face * np.clip((yy - (cy - 0.5 * ry)) / (4 * pixel) + 0.5, 0, 1), skin)
+    ex, ey = _unit_xy(gaze)                                               # gaze: irises shift
     erx, ery = person['eye_rx'] * scale, person['eye_ry'] * scale
     for side in (-1, 1):
         ecx, ecy = fx + side * person['eye_dx'] * scale, fy + person['eye_y'] * scale
         sclera = _ellipse(xx, yy, ecx, ecy, erx, ery, pixel)
         _paint(image, sclera, (235, 235, 230))
         icx, icy = ecx + IRIS_GAIN * erx * ex, ecy + IRIS_GAIN * ery * ey
-        ir = 0.55 * ery
+        ir = 0.6 * ery
         _paint(image, sclera * _ellipse(xx, yy, icx, icy, ir, ir, pixel), person['iris'])
         _paint(image, sclera * _ellipse(xx, yy, icx, icy, 0.45 * ir, 0.45 * ir, pixel), (10, 10, 10))
-        _paint(image, 0.6 * _ellipse(xx, yy, ecx, ecy - 1.9 * ery, 1.1 * erx, 0.3 * ery, pixel), person['hair'])
+        _paint(image, 0.6 * _ellipse(xx, yy, ecx, ecy - 1.9 * ery, 1.1 * erx, 0.3 * ery, pixel), hair)
     _paint(image, 0.5 * _ellipse(xx, yy, fx + 0.3 * hx, fy + 0.12 * scale + 0.3 * hy, 0.07 * scale, 0.11 * scale,
-                                 pixel), person['skin'] * 0.6)
+                                 pixel), skin * 0.6)
     _paint(image, _ellipse(xx, yy, fx, fy + 0.40 * scale, 0.18 * scale, 0.045 * scale, pixel), (120, 40, 50))
     light = rng.uniform(0.7, 1.15) * (1 + rng.uniform(-0.25, 0.25) * xx)   # brightness and side lighting
     image = image * light[..., None] + rng.normal(0, rng.uniform(2, 8), image.shape)

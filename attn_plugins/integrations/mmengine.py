@@ -10,7 +10,10 @@ Blocks keep their own init through a host's `init_weights()`: see `restore_block
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
 `SafeCheckpointHook`, `ProgressHook` and `AuxiliaryLossHook` (HOOKS), and
 `CPUDistributedDataParallel` (MODEL_WRAPPERS); for full-face gaze, `GazeEstimator` (MODELS),
-`MPIIFaceGazeDataset` (DATASETS) and `MeanAngularError` (METRICS) (see `register_gaze`).
+`MPIIFaceGazeDataset` (DATASETS) and `MeanAngularError` (METRICS) (see `register_gaze`); for
+Learn to Pay Attention on CIFAR, `AttentionClassifier`, `PayAttentionVGG` and `VGGBNDrop` (MODELS),
+`CifarDataset` (DATASETS), `RandomCropWithPadding`, `RandomHorizontalFlip` and
+`PackClassificationInputs` (TRANSFORMS) and `TopKAccuracy` (METRICS) (see `register_ltpa`).
 """
 from __future__ import annotations
 
