@@ -246,11 +246,16 @@ def test_viz_image_file_timm_config_with_tools_script(tmp_path):
     config = write(tmp_path, 'timm.yaml', "model:\n  type: timm/resnet18\n  plugins:\n"
                    "    - {type: SE, where: 'layer4.1', position: 'after:bn2'}\n"
                    "    - {type: NonLocal, where: 'layer3.1', position: after}\n")
+    from attn_plugins.config import load_config
+    from attn_plugins.plan import build_config_model
+    checkpoint = tmp_path / 'weights.pth'
+    torch.save({'state_dict': randomize(build_config_model(load_config(config))).state_dict()}, checkpoint)
     out = tmp_path / 'viz'
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'visualize.py'), config, '--image',
-                             str(image), '--out', str(out), '--input-shape', '64,96'],
+                             str(image), '--out', str(out), '--input-shape', '64,96', '--checkpoint', str(checkpoint)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert 'untrained' not in result.stdout and f'{image} resized to 64x96' in result.stdout
     assert sorted(os.listdir(out)) == ['00_layer3_1_attn_non_local.png', '01_layer4_1_bn2_attn_se.png']
     for name in os.listdir(out):
         check_png(out / name)
@@ -262,6 +267,16 @@ def test_viz_user_errors_exit_2_one_line(tmp_path, capsys):
     missing = str(tmp_path / 'nope.png')
     assert main(['viz', config, '--image', missing]) == 2
     assert capsys.readouterr().err.strip() == f"attn-plugins viz: error: --image {missing!r}: no such file"
+    plain = tmp_path / 'resnet18.pth'
+    import timm
+    torch.save(timm.create_model('resnet18').state_dict(), plain)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    assert main(['viz', config, '--image', str(image), '--checkpoint', str(plain), '--out', str(tmp_path / 'v')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"attn-plugins viz: error: checkpoint {str(plain)!r} does not fit the model: 4 model keys "
+                          "missing (e.g. layer4.1.bn2.attn_se.fc1.weight") and len(err.splitlines()) == 1
     assert main(['viz', config, '--sample', '0', '--out', str(tmp_path / 'v')]) == 2
     assert capsys.readouterr().err.strip() == ("attn-plugins viz: error: --sample: this model has no data pipeline "
                                                "in its config; pass --image instead")
@@ -297,3 +312,18 @@ def test_plan_default_input_shape(cfg, shape, source):
     from mmengine.config import Config
     from attn_plugins.plan import default_input_shape
     assert default_input_shape(Config(cfg), nn.Identity()) == (shape, source)
+
+
+def test_viz_ltpa_toy_sample(tmp_path, capsys):
+    """An application model's config (LTPA on CIFAR): PayAttention maps of a dataset sample."""
+    data = tmp_path / 'cifar'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_toy_cifar.py'), '--out', str(data),
+                    '--dataset', 'cifar10', '--train', '5', '--test', '3'], check=True, capture_output=True)
+    config = os.path.join(ROOT, 'configs', 'ltpa', 'toy', 'vgg-att3-concat-pc_toy-cifar10.yaml')
+    out = tmp_path / 'viz'
+    assert main(['viz', config, '--sample', '2', '--out', str(out),
+                 '--cfg-options', f'test_dataloader.dataset.data_root={data}']) == 0
+    assert sorted(os.listdir(out)) == [f'0{i}_backbone_attention_{i}.png' for i in range(3)]
+    for name in os.listdir(out):
+        check_png(out / name)
+    assert 'sample 2 of test_dataloader.dataset, 32x32' in capsys.readouterr().out
