@@ -303,6 +303,15 @@ def test_head_and_injection_errors():
                             plugins=[dict(type='NonLocal', dim=3, where='layer2.1')]))
 
 
+def test_registered_when_mmaction_is_imported():
+    code = ("import sys, attn_plugins; print('mmaction' in sys.modules); import mmaction.models; "
+            "from mmaction.registry import MODELS; print(MODELS.get('VideoPyramidAttentionHead').__module__)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['False', 'attn_plugins.integrations.mmaction']
+
+
 def test_drn_placeholder_gives_a_clear_error():
     with pytest.raises(RuntimeError, match="DRN is not available: mmaction2 1.2.0's PyPI package lacks"):
         models().build(dict(type='DRN'))
