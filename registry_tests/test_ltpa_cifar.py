@@ -324,8 +324,9 @@ def test_tools_report_a_malicious_cifar_file_in_one_line(small_data, tmp_path, c
     assert len(err) == 1 and 'data_batch_4: refusing to load the global posix.system' in err[0]
 
 
-@pytest.mark.parametrize('config', TOY, ids=os.path.basename)
-def test_every_toy_config_trains_and_evaluates(config, small_data, tmp_path):
+@pytest.mark.parametrize('config', [c for c in TOY if c != TOY_ATT3], ids=os.path.basename)
+def test_other_toy_configs_train_and_evaluate(config, small_data, tmp_path):
+    """(The VGG-att3 CIFAR-10 toy trains in the resume and learning tests.)"""
     from attn_plugins.runner import build_runner
     options = data_options(small_data) + ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
                                           'train_dataloader.dataset.indices=32', 'log_level=WARNING']
@@ -338,9 +339,11 @@ def test_every_toy_config_trains_and_evaluates(config, small_data, tmp_path):
 
 @pytest.mark.slow
 def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
-    """tools/train.py on 1000 generated CIFAR-10 images (the toy config as shipped), tools/test.py
-    on 200: the top-1 error ends far below that of always predicting the majority class."""
-    data = generate(tmp_path / 'toy_cifar', 1000, 200, 'cifar10')
+    """tools/train.py on the generator's default 1000 CIFAR-10 images (the toy config as shipped),
+    tools/test.py on its 200: the top-1 error ends far below that of always predicting the majority
+    class (about 31 against 90)."""
+    data = str(tmp_path / 'toy_cifar')
+    assert tool('make_toy_cifar').main(['--out', data, '--dataset', 'cifar10']) == 0
     work = tmp_path / 'work'
     assert tool('train').main([TOY_ATT3, '--work-dir', str(work), '--cfg-options', *data_options(data),
                                'log_level=WARNING']) == 0
@@ -376,3 +379,43 @@ def test_resume_with_the_tools_continues_exactly(small_data, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+# ------------------------------------------------------------------ the paper's baseline, narrow variants
+def conv_layout(module):
+    layout = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            layout.append(m.out_channels)
+        elif isinstance(m, torch.nn.MaxPool2d):
+            layout.append('M')
+        elif isinstance(m, torch.nn.Dropout) and layout:
+            layout[-1] = (layout[-1], m.p)
+    return layout
+
+
+def test_vgg_bn_drop_is_cifar_torch_vgg_and_width_multiplier_scales_every_width():
+    from attn_plugins.models import PayAttentionVGG, VGGBNDrop
+    model = VGGBNDrop(num_classes=100)
+    # cifar.torch's vgg_bn_drop: ConvBNReLU widths, (width, dropout) where a Dropout follows, 'M' pools
+    assert conv_layout(model.features) == [(64, 0.3), 64, 'M', (128, 0.4), 128, 'M', (256, 0.4), (256, 0.4), 256, 'M',
+                                           (512, 0.4), (512, 0.4), 512, 'M', (512, 0.4), (512, 0.4), 512, 'M']
+    assert all(bn.eps == 1e-3 for bn in model.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    convs, in_c = 0, 3
+    for width in [64, 64, 128, 128, 256, 256, 256] + [512] * 6:
+        convs += 9 * in_c * width + width + 2 * width
+        in_c = width
+    classifier = (512 * 512 + 512) + 2 * 512 + (512 * 100 + 100)     # fc, BN, fc
+    assert sum(p.numel() for p in model.parameters()) == convs + classifier
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 100) and model.forward_features(x).shape == (2, 512, 1, 1)
+
+    narrow = PayAttentionVGG(num_classes=10, width_multiplier=0.125, global_channels=64)
+    full = PayAttentionVGG(num_classes=10)
+    scale = [w // 8 if w != 'M' else w for w in (c if isinstance(c, (int, str)) else c[0] for c in conv_layout(full.stages))]
+    assert [c if isinstance(c, (int, str)) else c[0] for c in conv_layout(narrow.stages)] == scale
+    assert narrow.local_channels == [32, 64, 64] and narrow.num_features == 160
+    assert isinstance(narrow.attention[0].project, torch.nn.Conv2d)            # 32 -> g's 64 for compatibility
+    with pytest.raises(ValueError, match='width_multiplier: expected a positive number'):
+        VGGBNDrop(width_multiplier=0)

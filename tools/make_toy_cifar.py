@@ -238,8 +238,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='data', help='where cifar-10-batches-py / cifar-100-python go')
     parser.add_argument('--dataset', choices=['cifar10', 'cifar100', 'both'], default='both')
-    parser.add_argument('--train', type=int, default=2000, help='training images (per dataset)')
-    parser.add_argument('--test', type=int, default=500, help='test images (per dataset)')
+    parser.add_argument('--train', type=int, default=1000, help='training images (per dataset)')
+    parser.add_argument('--test', type=int, default=200, help='test images (per dataset)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.train < 5 or args.test < 1:
