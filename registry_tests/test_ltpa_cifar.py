@@ -359,7 +359,7 @@ def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
 
 def test_resume_with_the_tools_continues_exactly(small_data, tmp_path):
     """An epoch-based run stopped after epoch 1 and resumed with --resume ends with the weights of the
-    run that was never stopped (crops and flips draw from torch's RNG, which checkpoints store)."""
+    run that was never stopped (crops, flips and dropout included)."""
     from attn_plugins.checkpoint import load_state_dict_file
     from attn_plugins.runner import build_runner
     # validating every epoch as the interrupted run did (mmengine re-saves the epoch's checkpoint

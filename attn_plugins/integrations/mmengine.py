@@ -316,7 +316,7 @@ class GazeEstimator(BaseModel):
             if not data_samples or any(not isinstance(s, dict) or 'gaze' not in s for s in data_samples):
                 raise ValueError("GazeEstimator: mode='loss' needs data_samples with a 'gaze' (pitch, yaw) each")
             target = torch.stack([torch.as_tensor(s['gaze']) for s in data_samples]).to(pred)
-            loss = F.l1_loss(pred, target) if self.loss_name == 'l1' else F.mse_loss(pred, target)
+            loss = F.smooth_l1_loss(pred, target)
             return dict(loss_gaze=loss)
         if mode == 'predict':
             samples = data_samples if data_samples is not None else [{} for _ in range(len(pred))]
@@ -544,8 +544,8 @@ class CifarDataset(BaseDataset):
 class RandomCropWithPadding:
     """Pad an 'img' (H, W, C) by `padding` pixels of `fill` on every side, then crop a random
     `size` x `size` window (the standard CIFAR augmentation: size 32, padding 4, zero fill).
-    Registered as 'RandomCropWithPadding'. Draws from torch's RNG, which checkpoints store (see
-    SafeCheckpointHook): an epoch-based run resumed with the tools crops as the uninterrupted one."""
+    Registered as 'RandomCropWithPadding'. Draws from torch's RNG (seeded by the Runner's
+    `randomness`, stored in checkpoints by SafeCheckpointHook)."""
 
     def __init__(self, size: int = 32, padding: int = 4, fill: int = 0):
         if not isinstance(size, int) or size <= 0 or not isinstance(padding, int) or padding < 0:
