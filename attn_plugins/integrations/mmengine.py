@@ -316,7 +316,7 @@ class GazeEstimator(BaseModel):
             if not data_samples or any(not isinstance(s, dict) or 'gaze' not in s for s in data_samples):
                 raise ValueError("GazeEstimator: mode='loss' needs data_samples with a 'gaze' (pitch, yaw) each")
             target = torch.stack([torch.as_tensor(s['gaze']) for s in data_samples]).to(pred)
-            loss = F.smooth_l1_loss(pred, target)
+            loss = F.l1_loss(pred, target) if self.loss_name == 'l1' else F.mse_loss(pred, target)
             return dict(loss_gaze=loss)
         if mode == 'predict':
             samples = data_samples if data_samples is not None else [{} for _ in range(len(pred))]
