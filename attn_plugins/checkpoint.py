@@ -82,21 +82,42 @@ def from_safe(obj):
 
 
 def rng_state() -> dict:
-    """torch's random states (CPU, and CUDA once initialised), stored in checkpoints so that a
-    resumed run draws the dropout and drop-path masks the uninterrupted run would have. numpy's
-    and Python's states need no saving: on resume mmengine replays the data pipeline up to the
-    resumed iteration, which draws from them exactly as the first run did."""
-    state = {'torch': torch.get_rng_state()}
+    """Random states stored in checkpoints, so that a resumed run draws what the uninterrupted run
+    would have: torch's (CPU, and CUDA once initialised: dropout and drop-path masks, anchor and
+    RoI sampling) and numpy's and Python's (data augmentation in the main process, e.g. mmdet's
+    RandomFlip). Tensors and plain values only, for torch.load(weights_only=True)."""
+    import random
+
+    import numpy as np
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'kind': str(kind), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+             'python': {'version': int(version), 'internal': torch.tensor(internal, dtype=torch.int64),
+                        'gauss_next': gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Undo `rng_state` (CUDA states only where CUDA is available)."""
+def set_rng_state(state: dict, data: bool = True) -> None:
+    """Undo `rng_state` (CUDA states only where CUDA is available). data=False keeps numpy's and
+    Python's states: a resumed iteration-based mmengine loop replays the data pipeline up to the
+    resumed iteration, which draws from them exactly as the first run did (an epoch-based loop
+    starts a new epoch and replays nothing)."""
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
+    if data and 'numpy' in state:
+        import random
+
+        import numpy as np
+        npy = state['numpy']
+        np.random.set_state((npy['kind'], npy['keys'].numpy().astype(np.uint32), npy['pos'], npy['has_gauss'],
+                             npy['cached_gaussian']))
+        py = state['python']
+        random.setstate((py['version'], tuple(int(v) for v in py['internal']), py['gauss_next']))
 
 
 def load_checkpoint_file(path: str):

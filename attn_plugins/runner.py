@@ -15,13 +15,18 @@ from .registry import ConfigError
 def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
                  launcher: str = 'none', resume: str | None = None, amp: bool = False, load_from: str | None = None,
                  progress_interval: int | None = None, trust_config: bool = False,
-                 allow_partial_checkpoint: bool = False):
+                 allow_partial_checkpoint: bool = False,
+                 check_data: Sequence[str] = ('train_dataloader', 'val_dataloader', 'test_dataloader')):
     """An mmengine Runner for `config` (YAML loaded safely), ready to train() or test().
 
+    The task (segmentation, detection, ...) is the config's: its `default_scope` and registry names.
     resume: None, 'auto' (latest checkpoint in the work dir) or a checkpoint path.
-    load_from: weights to load before testing; mmseg DAHead/NLHead checkpoints are converted. Keys
+    load_from: weights to load before testing; for segmentation configs (default_scope mmseg),
+        mmseg DAHead/NLHead checkpoints are converted. Keys
         missing from it, unexpected or of another shape are a ConfigError unless
         allow_partial_checkpoint (then mmengine loads what fits and logs the rest).
+    check_data: the dataloaders whose COCO / VOC annotation files are checked first
+        (attn_plugins.datasets.det_check: a clear error where mmdet would be silent or fail late).
     progress_interval: print a progress line every this many iterations (ProgressHook).
     trust_config: lift load_config's YAML limits (.py bases, custom_imports, ...): the config may run code.
     """
@@ -37,7 +42,14 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         cfg.resume = True
         cfg.load_from = _resume_checkpoint(resume, cfg.work_dir)
     if load_from is not None:
-        cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
+        if cfg.get('default_scope') == 'mmseg':      # mmseg DAHead / NLHead keys -> ours
+            cfg.load_from = convert_checkpoint_file(load_from, cfg.work_dir)
+        else:
+            load_state_dict_file(load_from)          # a clear error now, not one deep in the Runner
+            cfg.load_from = load_from
+    if check_data:
+        from .datasets.det_check import check_detection_data
+        check_detection_data(cfg, check_data)
     hooks = list(cfg.get('custom_hooks') or [])
     for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook'):   # safe checkpoints; blocks' auxiliary losses
         if not any(h.get('type') == hook for h in hooks):

@@ -339,7 +339,7 @@ def test_test_tool_refuses_a_checkpoint_of_another_model(toy_data, tmp_path, cap
 def test_demo_paths_are_relative_to_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out, data = 'demo_cwd_test_out', 'demo_cwd_test_data'
-    assert tool('demo').main(['--iters', '1', '--work-dir', out, '--data-root', data]) == 0
+    assert tool('demo').main(['--parts', 'seg', '--iters', '1', '--work-dir', out, '--data-root', data]) == 0
     assert (tmp_path / data / 'gtFine').is_dir()
     assert (tmp_path / out / 'metrics.json').is_file() and (tmp_path / out / 'attention_0.png').is_file()
     assert not os.path.exists(os.path.join(ROOT, out)) and not os.path.exists(os.path.join(ROOT, data))

@@ -4,7 +4,8 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options KEY=VALUE ...]
         [--out metrics.json] [--allow-partial-checkpoint] [--launcher pytorch]
 
-CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys are converted on load. A
+With a segmentation config, CHECKPOINT may also be an mmseg DAHead/NLHead checkpoint: its keys
+are converted on load. COCO / VOC annotation files are checked first. A
 checkpoint that does not fit the config's model (keys missing, unexpected or of another shape) is
 an error unless --allow-partial-checkpoint. User errors exit with status 2 and one line on stderr.
 """
