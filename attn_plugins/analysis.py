@@ -19,7 +19,8 @@ Operators that move data only (views, copies, cat, indexing, creation) are free;
 operator not in the tables is listed in `OpCount.uncounted` rather than guessed at.
 Attribution: forward hooks on each attention block put the operators run inside it on its
 account, so a block's count includes its gating multiply and residual add.
-`attention_blocks(model)` finds the blocks (instances of the registered block classes).
+`attention_blocks(model)` finds the blocks: instances of the registered block classes and of the
+peers' attention layers (mmcv, timm, mmseg; `PEER_BLOCKS`).
 """
 from __future__ import annotations
 
@@ -193,15 +194,47 @@ def count_flops(run: Callable[[], Any], blocks: Iterable[tuple[str, nn.Module]] 
     return count, result
 
 
-def block_classes() -> tuple[type, ...]:
-    """The registered block classes (their OpenMMLab subclasses are instances of these too)."""
-    return tuple(BLOCKS.values())
+# Attention blocks of other libraries (the peers of ours), found as blocks too once their module is
+# imported: mmcv's plugins (GC block, generalized attention, non-local), timm's attention layers, mmseg's PAM / CAM.
+PEER_BLOCKS = (('mmcv.cnn.bricks.context_block', 'ContextBlock'),
+               ('mmcv.cnn.bricks.generalized_attention', 'GeneralizedAttention'),
+               ('mmcv.cnn.bricks.non_local', '_NonLocalNd'),
+               ('timm.layers.squeeze_excite', 'SEModule'), ('timm.layers.squeeze_excite', 'EffectiveSEModule'),
+               ('timm.layers.cbam', 'CbamModule'), ('timm.layers.cbam', 'LightCbamModule'),
+               ('timm.layers.eca', 'EcaModule'),
+               ('mmseg.models.decode_heads.da_head', 'PAM'), ('mmseg.models.decode_heads.da_head', 'CAM'))
 
 
-def attention_blocks(model: nn.Module, outermost: bool = True) -> list[tuple[str, nn.Module]]:
-    """(path, block) of every registered attention block in `model`, in model order; with
-    `outermost`, blocks inside another block (DualAttention's PAM and CAM) are left out."""
-    classes = block_classes()
+def block_classes(peers: bool = True) -> tuple[type, ...]:
+    """The registered block classes (their OpenMMLab subclasses are instances of these too) and,
+    with `peers`, the PEER_BLOCKS classes of libraries already imported."""
+    import sys
+    classes = list(BLOCKS.values())
+    for module_name, name in PEER_BLOCKS if peers else ():
+        cls = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(cls, type):
+            classes.append(cls)
+    return tuple(classes)
+
+
+def block_channels(block: nn.Module) -> int | None:
+    """The input channels of a block: its `channels` or `in_channels`, else its first layer's."""
+    for attr in ('channels', 'in_channels'):
+        value = getattr(block, attr, None)
+        if isinstance(value, int):
+            return value
+    for module in block.modules():
+        value = getattr(module, 'in_channels', None)
+        if isinstance(value, int) and module is not block:
+            return value
+    return None
+
+
+def attention_blocks(model: nn.Module, outermost: bool = True, peers: bool = True) -> list[tuple[str, nn.Module]]:
+    """(path, block) of every attention block in `model` (registered, and with `peers` those of
+    PEER_BLOCKS), in model order; with `outermost`, blocks inside another block (DualAttention's
+    PAM and CAM) are left out."""
+    classes = block_classes(peers)
     found: list[tuple[str, nn.Module]] = []
     for path, module in model.named_modules():
         if not isinstance(module, classes):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .analysis import attention_blocks, count_flops, count_params, flops
+from .analysis import attention_blocks, block_channels, count_flops, count_params, flops
 from .registry import ConfigError, did_you_mean
 
 DEFAULT_SHAPE = (3, 224, 224)
@@ -292,7 +292,7 @@ def make_plan(config: str, cfg_options=None, input_shape=None, trust_config: boo
     for path, block in blocks:
         params = count_params(block)
         record = reports.get(path, (None, None))[1]
-        row = dict(path=path, type=_block_name(block), channels=getattr(block, 'channels', None),
+        row = dict(path=path, type=_block_name(block), channels=block_channels(block),
                    via=_via(model, path, reports), calls=int(count.calls[path]),
                    replaces=bool(record is not None and record.position == 'replace'),
                    **_cost(params, count.blocks[path]))

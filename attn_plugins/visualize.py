@@ -15,6 +15,7 @@ catch what it computed; one PNG per block, its module path in the title:
     DualAttention          its PAM rows and CAM matrix
     SpatialWeights, PyramidAttention, PayAttention (LTPA) and any other block that records an
     attention map (`record_attention`): the map over the input (bars for a channel vector)
+    peers' blocks (timm SE / CBAM / ECA, `analysis.PEER_BLOCKS`): the outputs of their `gate` layers
 
 Maps are upsampled to the model's input size; video maps (T, H, W) show the middle frame (the
 query's), non-local keys are summed over time.
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .analysis import attention_blocks
+from .analysis import attention_blocks, block_classes
 from .modules import (CBAM, SE, ChannelAttention, DualAttention, NonLocal, PositionAttention)
 from .registry import ConfigError
 
@@ -252,11 +253,17 @@ class _Capture:
     def __init__(self, blocks):
         self.inputs: dict[str, tuple] = {}
         self.channel_gates: dict[str, torch.Tensor] = {}
+        self.peer_gates: dict[str, dict[str, torch.Tensor]] = {}
         self.handles, self.recording = [], []
+        ours = block_classes(peers=False)
         for path, block in blocks:
             self.handles.append(block.register_forward_hook(self._keep_input(path)))
             if isinstance(block, CBAM):
                 self.handles.append(block.channel_gate.register_forward_hook(self._keep_gate(path)))
+            elif not isinstance(block, ours):     # a peer's block (timm SE / CBAM / ECA): its `gate` outputs
+                for name, module in block.named_modules():
+                    if name.rpartition('.')[2] == 'gate':
+                        self.handles.append(module.register_forward_hook(self._keep_peer_gate(path, name)))
             for module in self._recorders(block):
                 module.record_attention = True
                 self.recording.append(module)
@@ -277,6 +284,12 @@ class _Capture:
     def _keep_gate(self, path):
         def hook(module, args, output):
             self.channel_gates.setdefault(path, output.detach())
+        return hook
+
+    def _keep_peer_gate(self, path, name):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor):
+                self.peer_gates.setdefault(path, {}).setdefault(name, output.detach())
         return hook
 
     def close(self):
@@ -327,6 +340,9 @@ def _picture(path, block, capture: _Capture, queries, height, width) -> BlockPic
         picture.panels = [Panel('matrix', block.attention_map[0].float().cpu().numpy(), 'channel attention (C x C)')]
     elif getattr(block, 'attention_map', None) is not None:
         picture.panels = _recorded_panels(block.attention_map, picture.type)
+    else:
+        for name, output in capture.peer_gates.get(path, {}).items():
+            picture.panels += _recorded_panels(output, name)
     if not picture.panels:
         picture.note = 'records no attention map'
     return picture

@@ -111,6 +111,22 @@ def test_plan_timm_config_injected_blocks(tmp_path, capsys):
     assert plan['totals']['without_blocks']['params'] == 11689512        # timm resnet18
 
 
+def test_plan_counts_peer_blocks_timm_seresnet18(tmp_path):
+    """timm's own SE layers are found too, and seresnet18 without them is resnet18."""
+    config = write(tmp_path, 'se.yaml', "model:\n  type: timm/seresnet18\n")
+    out = tmp_path / 'p.json'
+    assert main(['plan', config, '--input-shape', '64,64', '--json', str(out)]) == 0
+    plan = json.loads(out.read_text())
+    rows = plan['insertions']
+    assert [(r['path'], r['type'], r['channels']) for r in rows] == [
+        (f'layer{i + 1}.{j}.se', 'SEModule', 64 << i) for i in range(4) for j in range(2)]
+    for r in rows:       # timm rounds C/16 up to a multiple of 8
+        c = r['channels']
+        rd = max(8, c // 16)
+        assert r['params'] == 2 * c * rd + rd + c
+    assert plan['totals']['without_blocks']['params'] == 11689512        # timm resnet18
+
+
 def test_macs_match_mmengine_for_products():
     """Our 'macs' are mmengine.analysis' counts of convolutions and matrix products."""
     from mmengine.analysis import FlopAnalyzer
@@ -189,15 +205,17 @@ def test_viz_picture_data_are_the_blocks_maps():
     """What viz draws for CBAM, PAM and NonLocal is computed from each block's own input."""
     from attn_plugins.visualize import ModelInput, block_pictures
     torch.manual_seed(0)
+    from timm.layers import SEModule
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), CBAM(8, reduction=2),
-                                    PositionAttention(8, reduction=2), NonLocal(8, sub_sample=True))).eval()
+                                    PositionAttention(8, reduction=2), NonLocal(8, sub_sample=True),
+                                    SEModule(8, rd_channels=4))).eval()
     x = torch.randn(1, 3, 16, 12)
     feats = {}
     for i in (1, 2, 3):
         model[i].register_forward_hook(lambda m, a, o, i=i: feats.setdefault(i, a[0]))
     pictures = block_pictures(model, ModelInput(lambda: model(x), np.zeros((16, 12, 3)), 'test'), [(5.0, 9.0)])
-    assert [p.path for p in pictures] == ['1', '2', '3']
-    cbam, pam, nl = pictures
+    assert [p.path for p in pictures] == ['1', '2', '3', '4']
+    cbam, pam, nl, peer = pictures
     f = feats[1]
     mlp = lambda v: model[1].channel_gate.fc2(torch.relu(model[1].channel_gate.fc1(v)))  # noqa: E731
     gate = torch.sigmoid(mlp(f.mean((2, 3), keepdim=True)) + mlp(f.amax((2, 3), keepdim=True)))
@@ -213,6 +231,10 @@ def test_viz_picture_data_are_the_blocks_maps():
     model[3].record_attention = True
     model[3](feats[3])
     np.testing.assert_allclose(nl.panels[0].data, model[3].attention_map[0, 26].view(4, 3).numpy(), rtol=1e-5)
+    se = model[4]                 # timm's SE: its gate's output
+    s = torch.sigmoid(se.fc2(torch.relu(se.bn(se.fc1(model[3](feats[3]).mean((2, 3), keepdim=True))))))
+    assert peer.type == 'SEModule' and [p.kind for p in peer.panels] == ['bars']
+    np.testing.assert_allclose(peer.panels[0].data, s.flatten().detach().numpy(), rtol=1e-5)
 
 
 @pytest.fixture(scope='module')
