@@ -121,10 +121,10 @@ def test_saves_qkv_output_and_two_statistics_per_query(force_chunks):
 def test_bf16_autocast_close_to_fp32(force_chunks):
     """Under CPU bf16 autocast the matmuls run in bf16 and the statistics in float32; output and
     gradients stay within bf16 rounding of the fp32 result. Measured here (PAM-like: Ck=8,
-    Cv=32, 1024 x 1024, 4 chunks), max error / max |fp32 value|: output 1.4%, dQ 1.2%, dK 1.4%,
-    dV 1.1%; the dense formula under the same autocast (as mmseg's PAM): 1.6%, 1.3%, 0.9%, 1.4%."""
+    Cv=32, 1024 x 1024, 4 chunks), max error / max |fp32 value|: output 1.4%, dQ 1.3%, dK 0.9%,
+    dV 0.8%; the dense formula under the same autocast (as mmseg's PAM): 1.6%, 1.9%, 1.4%, 1.0%."""
     query, key, value = inputs(torch.float32, nq=1024, nk=1024, ck=8, cv=32)
-    grad = torch.randn(B, 32, 1024)
+    grad = torch.randn(B, 32, 1024, generator=torch.Generator().manual_seed(4))
     ref = dense(query, key, value, 0.3)
     ref_grads = torch.autograd.grad(ref, (query, key, value), grad)
     with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -4,19 +4,47 @@
 
 Forward visits the queries in chunks and keeps, besides Q, K, V and the output O, two numbers
 per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). Backward recomputes
-each chunk's scores and, with P = exp(S − m) / l (Dao et al., "FlashAttention", NeurIPS 2022, Alg. 4):
+the scores block by block and, with P = exp(S − m) / l (Dao et al., "FlashAttention", NeurIPS
+2022, Alg. 4):
 
     dV = dO P,   dP = dOᵀ V,   dS = P ∘ (dP − rowsum(dO ∘ O)),   dQ = scale · dS Kᵀ,   dK = scale · Qᵀ dS
 
 so no N x N map is ever saved and the forward is not re-run: one Q K product and one exp pass
-per chunk more than a dense backward. (Per-chunk checkpointing, which this replaces, re-ran the
-Q K product and the softmax forward, then the softmax backward; a training step of 8192 x 8192
-attention, Ck=16, Cv=128, 1 thread, took 1.82-1.87 s here vs 2.52-2.53 s checkpointed in fp32,
-0.95-1.05 s vs 2.05-2.25 s under bf16 autocast, each with its default chunks.)
+per block more than a dense backward (see `FlashSoftmaxAttention` for how the statistics enter
+the matmuls, so that nothing else touches a block but one multiply).
 
-Under autocast the matmuls and the (n x Nk) chunk passes run in the autocast dtype (bf16 on a
-CPU); the statistics m, 1 / l and rowsum(dO ∘ O), the 1 / l scaling and the dK / dV sums over
-chunks in float32.
+Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, chunks of
+2 x 512 x 8192 scores) and what the current version does instead of the first one:
+  - fresh (n x Nk) buffers per chunk: above glibc's mmap threshold every allocation page-faults
+    anew (a fp32 Q K product took 28 ms into a new tensor, 14 ms into a reused one): one buffer
+    per pass, matmuls write into it (`out=`);
+  - under bf16, `sum(dtype=float32)` of a chunk converted it first (18 ms, more than its Q K
+    product): grouped sums (`_row_sum`, 0.8 ms); a bf16 tensor minus a float32 one took the
+    mixed-dtype path (36 ms vs 1.5 ms): the statistics enter the matmuls instead;
+  - fp32 `exp` 7.7 ms vs `exp2` 2.4 ms per chunk: base 2 in float32 / float64;
+  - dV accumulated over query chunks (a (Cv x Nk) product allocated, rounded and added per
+    chunk): backward runs over key blocks, each block's dV and dK is one product written once;
+  - dO and O were cast and rowsum(dO ∘ O) recomputed per chunk: computed once.
+After this, the matmuls take 90-92% of the step's time (fp32 and bf16). A training step
+(forward + backward) of B=1, N=4096, Ck=64, Cv=512 attention, 512-query chunks, 1 thread, median of
+5 interleaved rounds on the loaded shared machine: fp32 3.07 s vs 3.81 s before, bf16 2.92 s vs
+3.36 s (the dense formula: 3.85 s and 3.95 s). Provisional: re-measure with tools/benchmark.py
+--suite train on a quiet machine.
+
+`F.scaled_dot_product_attention` is not used on the CPU: where it has a fused (flash) kernel,
+Ck == Cv as in NonLocal, it was slower than this, SDPA time / ours (B=1, N=4096, C=256, 1 thread,
+median of 5 interleaved rounds on the loaded shared machine): training step fp32 1.36x, bf16
+2.52x; inference fp32 1.14x, bf16 2.70x. With Ck != Cv (PAM) it has only the math kernel, which
+materialises N x N. (On CUDA, `_helpers._fused_cuda_attention` uses its fused kernels.)
+
+Under autocast the matmuls and the chunk / block passes run in the autocast dtype (bf16 on a
+CPU); the statistics m, 1 / l and rowsum(dO ∘ O), the 1 / l scaling and the dQ sum over blocks
+in float32. As in FlashAttention, rowsum(dO ∘ O) comes from the bf16-rounded output and P is
+recomputed with other roundings than forward's, so Σ_j dS_ij is 0 only to bf16 precision (the
+dense softmax backward makes it 0 from its own P and dP): with a peaked softmax the
+query-side gradients can carry a few times the dense formula's bf16 error on sums that nearly
+cancel (tools/bf16_report.py: PAM with query weights x4, 16 channels, its query bias 15% vs 0.8%;
+at 64 channels 3.4% vs 2.3%); with the blocks' own init both are within 0.1-0.9% of fp32.
 """
 from __future__ import annotations
 
