@@ -142,6 +142,8 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         fp32 1.50-1.62x and 1.10-1.28x;   bf16 3.7x and 1.37x
       NonLocal (Ck=Cv=32; SDPA's fused CPU flash kernel):
         fp32 1.41-1.62x and 1.10-1.29x;   bf16 3.7x and 1.31x
+    Re-measured against the current flash backward at NonLocal's width (Ck=Cv=256): see `_flash`.
+    On CUDA its fused kernels are used where they accept the inputs (`_fused_cuda_attention`).
     """
     batch, num_queries, _ = query.shape
     num_keys = key.shape[-1]
