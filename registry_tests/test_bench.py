@@ -152,7 +152,7 @@ def test_quick_models_suite_json_plots_oom_and_readme(tmp_path):
     head, _, rest = first.partition(bench_models.README_START)
     section, _, tail = rest.partition(bench_models.README_END)
     assert head == '# title\n\nbefore\n\n' and tail == '\n\nafter\n'
-    assert section == f"\n{bench_models.render_readme(result)}" and 'old' not in section
+    assert section == f"\n{bench_models.render_readme(result)}" and '\nold\n' not in section
     assert result['command'] in section and 'Quick run' in section and 'out of memory' in section
     assert '| VGG-16 + LTPA | ours |' in section
 
