@@ -196,7 +196,10 @@ def prediction_agreement(runner, chunked: bool = False) -> dict:
                 worst = min(worst, share)
                 same += (a == b).sum().item()
                 total += a.numel()
-    return dict(unchanged=same / total, worst_image=worst, pixels=total, goal=GOAL, chunked=chunked)
+    # how much the attention weighs in the prediction: PAM's γ starts at 0 and grows with training
+    gammas = {name: p.item() for name, p in model.named_parameters() if name.endswith('gamma') and p.numel() == 1}
+    return dict(unchanged=same / total, worst_image=worst, pixels=total, goal=GOAL, chunked=chunked,
+                attention_gammas=gammas)
 
 
 def main(argv=None) -> int:
@@ -243,7 +246,8 @@ def main(argv=None) -> int:
     for path in ('dense', 'chunked'):
         r = report['toy_danet'][path]
         print(f"toy DANet ({path} attention): {r['unchanged']:.3%} of {r['pixels']} val pixels unchanged under bf16 "
-              f"(worst image {r['worst_image']:.3%}; goal >= {GOAL:.0%})")
+              f"(worst image {r['worst_image']:.3%}; goal >= {GOAL:.0%}); attention scales γ: "
+              + ', '.join(f'{k} {v:.3g}' for k, v in r['attention_gammas'].items()))
     path = args.json or os.path.join(ROOT, 'work_dirs', f"bf16_report{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:

@@ -25,11 +25,11 @@ Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, 
   - dV accumulated over query chunks (a (Cv x Nk) product allocated, rounded and added per
     chunk): backward runs over key blocks, each block's dV and dK is one product written once;
   - dO and O were cast and rowsum(dO ∘ O) recomputed per chunk: computed once.
-After this, the matmuls take 90-92% of the step's time (fp32 and bf16). A training step
-(forward + backward) of B=1, N=4096, Ck=64, Cv=512 attention, 512-query chunks, 1 thread, median of
-5 interleaved rounds on the loaded shared machine: fp32 3.07 s vs 3.81 s before, bf16 2.92 s vs
-3.36 s (the dense formula: 3.85 s and 3.95 s). Provisional: re-measure with tools/benchmark.py
---suite train on a quiet machine.
+After this, the matmuls take 90-92% of the step's time (fp32 and bf16). Forward + backward of
+B=2, N=8192, Ck=64, Cv=512 attention, 512-query chunks, 2 threads, median of 4 interleaved rounds
+on a quiet 16-core Intel Xeon (torch 2.11; not this project's CPU): fp32 1.94 s vs 2.49 s before
+(the dense formula 2.92 s), bf16 0.81 s vs 1.24 s (dense 1.62 s). Provisional: tools/benchmark.py
+--suite train on a quiet machine of this kind gives the numbers that count.
 
 `F.scaled_dot_product_attention` is not used on the CPU: where it has a fused (flash) kernel,
 Ck == Cv as in NonLocal, it was slower than this, SDPA time / ours (B=1, N=4096, C=256, 1 thread,
@@ -44,7 +44,8 @@ recomputed with other roundings than forward's, so Σ_j dS_ij is 0 only to bf16 
 dense softmax backward makes it 0 from its own P and dP): with a peaked softmax the
 query-side gradients can carry a few times the dense formula's bf16 error on sums that nearly
 cancel (tools/bf16_report.py: PAM with query weights x4, 16 channels, its query bias 15% vs 0.8%;
-at 64 channels 3.4% vs 2.3%); with the blocks' own init both are within 0.1-0.9% of fp32.
+at 64 channels 3.4% vs 2.3%); with the blocks' own init (64 channels) the worst gradient error
+is the dense formula's: PAM 0.65% vs 0.72%, NonLocal 2.7% vs 2.6% (its query bias).
 """
 from __future__ import annotations
 
