@@ -558,8 +558,9 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
     if args.paper:
         import bench_models
         import bench_paper
-        print('[bench] paper rows: parameters and GFLOPs (tracing each model) ...', flush=True)
-        result['paper'] = bench_paper.paper_rows(flops=True, video_flops=not args.quick)
+        total = len(bench_paper.image_models()) + len(bench_paper.C2D_MODELS)
+        with bench_models.progress_bar(total, 'paper rows (tracing each model)') as step:
+            result['paper'] = bench_paper.paper_rows(flops=True, video_flops=not args.quick, progress=step)
         bench_models.print_paper(result['paper'])
     name = suite_name or 'paper'
     path = args.json or os.path.join(args.out, f"{name}{'_quick' if args.quick else ''}.json")
