@@ -103,11 +103,11 @@ def test_reader_leave_one_person_out(toy_file):
     assert torch.equal(clone[7]['image'], item['image'])
 
 
-def _write(path, persons=('p00',), n=2, drop=None, image_shape=(8, 8, 3)):
+def _write(path, persons=('p00',), n=2, drop=None, image_shape=(8, 8, 3), gaze=(0.0, 0.0)):
     with h5py.File(path, 'w') as f:
         for person in persons:
             for i in range(n):
-                for field, data in (('image', np.zeros(image_shape, np.uint8)), ('gaze', np.zeros(2)),
+                for field, data in (('image', np.zeros(image_shape, np.uint8)), ('gaze', np.array(gaze)),
                                     ('pose', np.zeros(2))):
                     if drop != f'{person}/{field}' and drop != f'{person}/{field}/{i:04d}':
                         f.create_dataset(f'{person}/{field}/{i:04d}', data=data)
@@ -129,6 +129,9 @@ def test_reader_errors_name_the_file_and_key(tmp_path):
     chw = MPIIFaceGaze(_write(tmp_path / 'chw.h5', image_shape=(3, 8, 8)))
     with pytest.raises(ConfigError, match=r"chw\.h5.*p00/image/0000 has shape \(3, 8, 8\).*expected \(H, W, 3\) uint8"):
         chw[0]
+    vector = MPIIFaceGaze(_write(tmp_path / 'vector.h5', gaze=(0.0, 0.0, -1.0)))     # a 3D vector, not angles
+    with pytest.raises(ConfigError, match=r"vector\.h5.*p00/gaze/0000 has shape \(3,\).*expected \(2,\) float"):
+        vector[0]
     (tmp_path / 'text.h5').write_text('not hdf5')
     with pytest.raises(ConfigError, match=r"text\.h5.*not a readable HDF5 file"):
         MPIIFaceGaze(str(tmp_path / 'text.h5'))
