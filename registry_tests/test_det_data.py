@@ -7,19 +7,21 @@ import copy
 import json
 import os
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 
-from attn_plugins.datasets.det_check import (AnnotationError, check_coco_file, check_detection_data,
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tools/ as a package
+
+from attn_plugins.datasets.det_check import (AnnotationError, check_coco_file, check_detection_data,  # noqa: E402
                                               check_voc_split)
-from tools.make_toy_coco import CATEGORY_IDS, CLASSES, make_toy_coco
-from tools.make_toy_voc import CLASSES as VOC_CLASSES, make_toy_voc
+from tools.make_toy_coco import CATEGORY_IDS, CLASSES, make_toy_coco  # noqa: E402
+from tools.make_toy_voc import CLASSES as VOC_CLASSES, make_toy_voc  # noqa: E402
 
-init_default_scope('mmdet')
 COCO_TRAIN_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
                        dict(type='Resize', scale=(200, 150), keep_ratio=True), dict(type='RandomFlip', prob=0.5),
                        dict(type='PackDetInputs')]
@@ -27,6 +29,13 @@ COCO_TEST_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations
                       dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape'))]
 VOC_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape'))]
+
+
+@pytest.fixture(autouse=True)
+def _mmdet_scope():
+    """mmdet's registries for the pipelines and wrappers built here (not left set for other modules)."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
 
 
 @pytest.fixture(scope='module')

@@ -14,9 +14,11 @@ import sys
 import pytest
 import torch
 
-from attn_plugins.checkpoint import load_state_dict_file
-from tools.make_toy_coco import make_toy_coco
-from tools.make_toy_voc import make_toy_voc
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tools/ as a package
+
+from attn_plugins.checkpoint import load_state_dict_file  # noqa: E402
+from tools.make_toy_coco import make_toy_coco  # noqa: E402
+from tools.make_toy_voc import make_toy_voc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO_CFG = os.path.join(ROOT, 'configs', 'det', 'toy', 'faster-rcnn_r50-cbam_fpn_toy-coco.yaml')
