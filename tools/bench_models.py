@@ -444,6 +444,7 @@ def plot_overhead(rows: list[dict], path: str) -> str:
         values = [100 * (ratios[key] - 1) for _, ratios in bars]
         ax.bar([j + (i - 1.5) * width for j in range(len(bars))], values, width, label=title)
     ax.axhline(0, color='black', linewidth=0.8)
+    ax.set_yscale('symlog', linthresh=10)      # linear within +-10 %, logarithmic beyond (PAM / DAHead memory)
     ax.set_xticks(range(len(bars)))
     ax.set_xticklabels([label for label, _ in bars], fontsize=7)
     ax.set_ylabel('overhead over the base model (%)')
@@ -531,24 +532,40 @@ def suite_cases(args) -> list[str]:
     return selected_cases(args.only, args.quick) + [f'sweep {b}' for b in sweep_blocks(args)]
 
 
+class progress_bar:
+    """A rich progress bar on stderr: `with progress_bar(total, title) as step: step('what now')`;
+    each call finishes the previous step."""
+
+    def __init__(self, total: int, title: str):
+        self.total, self.title, self.done = total, title, 0
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self.bar = Progress(TextColumn('[bold]{task.description}'), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True))
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.title, total=self.total)
+        return self.step
+
+    def step(self, description: str) -> None:
+        from rich.markup import escape
+        self.bar.update(self.task, description=escape(description), completed=self.done)
+        self.done += 1
+
+    def __exit__(self, *exc):
+        self.bar.update(self.task, description=f'{self.title}: done', completed=self.total)
+        return self.bar.__exit__(*exc)
+
+
 def run_suite(args) -> dict:
     """The models suite with a progress bar (stderr): cases, then the resolution sweep."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     cases, blocks = selected_cases(args.only, args.quick), sweep_blocks(args)
     sizes = QUICK_SWEEP_SIZES if args.quick else SWEEP_SIZES
     total = sum(1 + len(MODEL_CASES[c]['variants']) for c in cases) + len(blocks) * len(sizes)
-    columns = (TextColumn('[bold]{task.description}'), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task('models suite', total=total)
-        done = [0]
-
-        def step(description: str) -> None:
-            bar.update(task, description=description, completed=done[0])
-            done[0] += 1
+    with progress_bar(total, 'models suite') as step:
         rows = run_models(args, step) if cases else []
         sweep = run_sweep(args, step, blocks) if blocks else []
-        bar.update(task, description='models suite: done', completed=total)
     return dict(rows=rows, goals=[r['goal'] for r in rows if 'goal' in r], sweep=sweep)
 
 
@@ -709,9 +726,10 @@ def _markdown(headers, cells) -> list[str]:
 def render_readme(result: dict) -> str:
     """README's results section from a benchmark JSON: a pure function of the JSON."""
     machine = result.get('machine', {})
+    load = ' / '.join(f'{x:.1f}' for x in machine.get('loadavg_before', ())) or '?'
     lines = [f"Generated from `{result.get('command', '?')}` ({result.get('date', '?')}; {result.get('threads')} "
              f"threads on {machine.get('cpu_count', '?')} CPUs, {machine.get('processor') or machine.get('platform')}"
-             f"; load average before {machine.get('loadavg_before', '?')}).", '']
+             f"; load average before the run {load}).", '']
     if result.get('quick'):
         lines += ['**Quick run (`--quick`): tiny shapes and 3 rounds; its times and memory check the harness only, '
                   'they are not a measurement.** Parameter counts and the paper rows hold at any size.', '']

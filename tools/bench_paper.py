@@ -148,13 +148,17 @@ def c2d(depth: int, nonlocal_blocks: bool) -> nn.Module:
     return C2D(resnet).eval()
 
 
-def video_rows(flops: bool) -> list[dict]:
+C2D_MODELS = {'R50 C2D': (50, False), 'NL R50 C2D 5-block': (50, True), 'R101 C2D': (101, False),
+              'NL R101 C2D 5-block': (101, True)}     # name -> (depth, 5 non-local blocks)
+
+
+def video_rows(flops: bool, progress=None) -> list[dict]:
     """Rows of the non-local paper's Table 2e and the text's R50 comparison."""
-    models = {'R50 C2D': (50, False), 'NL R50 C2D 5-block': (50, True), 'R101 C2D': (101, False),
-              'NL R101 C2D 5-block': (101, True)}
     clip = torch.randn(1, 3, 32, 224, 224)
     measured = {}
-    for name, (depth, nl) in models.items():
+    for name, (depth, nl) in C2D_MODELS.items():
+        if progress:
+            progress(f'paper: {name}')
         with torch.device('cpu' if flops else 'meta'):        # parameter counts need no weights
             model = c2d(depth, nl)
         entry = dict(params=n_params(model), conv_fc_params=sum(
@@ -197,10 +201,12 @@ def video_rows(flops: bool) -> list[dict]:
     return rows
 
 
-def image_rows(flops: bool) -> list[dict]:
+def image_rows(flops: bool, progress=None) -> list[dict]:
     x = torch.randn(1, 3, 224, 224)
     rows = []
     for name, builder in image_models().items():
+        if progress:
+            progress(f'paper: {name}')
         with torch.device('cpu' if flops else 'meta'):        # parameter counts need no weights
             model = builder().eval()
         params = n_params(model)
@@ -224,7 +230,7 @@ def image_rows(flops: bool) -> list[dict]:
     return rows
 
 
-def paper_rows(flops: bool = True, video_flops: bool = True) -> list[dict]:
+def paper_rows(flops: bool = True, video_flops: bool = True, progress=None) -> list[dict]:
     """All rows; `video_flops=False` gives the C2D rows' parameters only (their 32-frame traces
-    are the slow part)."""
-    return image_rows(flops) + video_rows(flops and video_flops)
+    are the slow part). `progress(text)` is called before each model."""
+    return image_rows(flops, progress) + video_rows(flops and video_flops, progress)
