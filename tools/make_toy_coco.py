@@ -149,7 +149,8 @@ def make_objects(rng, w: int, h: int, count: int, classes=None, occlude_first: b
                  crowd: bool = False, cut_prob: float = 0.15, small_prob: float = 0.0, max_size: float = 60):
     """Lay out one image: a list of objects, each a dict with 'cls', 'parts' (list of (N, 2)
     polygons, several when a bar crosses it), 'bar' (the occluder's polygon or None), 'colour',
-    'cut' (cut by the border), 'small', 'faded' and for a crowd 'crowd': list of member polygons.
+    'cut' (cut by the border) and 'small' (9-14 px, half of them faded; VOC marks them difficult),
+    or for a crowd 'cls', 'colour' and 'crowd' (member polygons). Shapes are 22..max_size px.
     Objects never overlap each other (the bar of an occluded object stays in its own box)."""
     boxes, objects = [], []
     if crowd:
