@@ -4,7 +4,7 @@ FLOPs are counted at the ATen level (a `TorchDispatchMode` sees every operator a
 whatever the model), so nothing a block computes is free:
 
     macs   multiply-adds of convolutions and matrix products (convolution, mm, addmm, bmm,
-           baddbmm; matmul, linear and einsum arrive as these), one per multiply-add: the
+           baddbmm, mv, addmv, dot; matmul, linear and einsum arrive as these), one per multiply-add: the
            numbers mmengine.analysis gives for those operators
     other  the operators mmengine.analysis skips or counts elsewhere, one per element:
            element-wise arithmetic and activations (add, mul, div, sigmoid, relu, exp, ...) one
@@ -38,6 +38,7 @@ from .registry import BLOCKS
 SOFTMAX_FLOPS_PER_ELEMENT = 5          # max, subtract, exp, sum, divide
 
 _MATMUL = {'mm', 'addmm', 'bmm', 'baddbmm'}
+_MATVEC = {'mv', 'addmv', 'dot', 'vdot'}
 _ELEMENTWISE = {
     'add', 'sub', 'rsub', 'mul', 'div', 'neg', 'reciprocal', 'pow', 'sqrt', 'rsqrt', 'exp', 'log', 'abs',
     'relu', 'relu6', 'sigmoid', 'hardsigmoid', 'tanh', 'hardtanh', 'gelu', 'silu', 'hardswish', 'mish',
@@ -101,6 +102,8 @@ def op_cost(name: str, args: tuple, kwargs: dict, out) -> tuple[int, int] | None
     if name in _MATMUL:
         a, b = (args[1], args[2]) if name in ('addmm', 'baddbmm') else (args[0], args[1])
         return math.prod(a.shape) * b.shape[-1], 0
+    if name in _MATVEC:                     # matrix x vector, vector . vector: one multiply-add per matrix element
+        return math.prod((args[1] if name == 'addmv' else args[0]).shape), 0
     if name in _ELEMENTWISE:
         return 0, _numel(result) or _numel(first)
     if name in _REDUCTIONS:

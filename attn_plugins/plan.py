@@ -275,7 +275,9 @@ def make_plan(config: str, cfg_options=None, input_shape=None, trust_config: boo
 
     from .config import load_config
     cfg = load_config(config, cfg_options, trust=trust_config)
-    model = build_config_model(cfg).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)        # the same weights every run: a detector's proposals, hence its FLOPs, depend on them
+        model = build_config_model(cfg).eval()
     if input_shape is not None:
         shape, source = parse_shape(input_shape), '--input-shape'
     else:

@@ -140,6 +140,35 @@ def test_macs_match_mmengine_for_products():
     assert count.total['macs'] == sum(v for k, v in ops.items() if k in ('conv', 'bmm', 'matmul', 'addmm', 'linear'))
 
 
+def test_non_local_concatenation_products_all_counted():
+    """Its w^T [theta; phi] split runs as matrix-vector products (mv): counted, not left out."""
+    block = NonLocal(16, mode='concatenation').eval()
+    count, _ = count_flops(lambda: block(torch.randn(1, 16, 6, 8)), [('nl', block)])
+    n, c, ci = 48, 16, 8
+    assert count.uncounted == {}
+    # theta, phi, g and W_z convs; a = w1 . theta, b = w2 . phi; g x ReLU(a_i + b_j)
+    assert count.blocks['nl']['macs'] == 3 * n * c * ci + n * ci * c + 2 * n * ci + ci * n * n
+
+
+def test_plan_is_reproducible_whatever_the_global_rng(tmp_path, monkeypatch):
+    """plan counts the same weights every run (a detector's proposals, hence its FLOPs, depend on them)."""
+    from attn_plugins import plan as plan_module
+    built = []
+    build = plan_module.build_config_model
+    monkeypatch.setattr(plan_module, 'build_config_model', lambda cfg: built.append(build(cfg)) or built[-1])
+    config = write(tmp_path, 'r.yaml', "model:\n  type: timm/resnet18\n  plugins:\n"
+                   "    - {type: SE, where: 'layer4.1', position: 'after:bn2'}\n")
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        plan_module.make_plan(config, input_shape='32,32')
+    first, second = (m.state_dict() for m in built)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    plan_module.make_plan(config, input_shape='32,32')
+    assert torch.equal(torch.get_rng_state(), state)          # and the caller's RNG is left as it was
+
+
 # ---------------------------------------------------------------- query attention (the hook API viz uses)
 def test_position_attention_query_rows_equal_the_dense_map_by_hand(bmm_spy):
     torch.manual_seed(0)
