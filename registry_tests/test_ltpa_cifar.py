@@ -178,6 +178,50 @@ def test_restricted_unpickler_refuses_object_arrays_and_persistent_ids(tmp_path)
         load_cifar_pickle(str(broken))
 
 
+class Reduces:
+    """Pickles as `fn(*args)`, then BUILD with `state` (a crafted numpy pickle)."""
+
+    def __init__(self, fn, args, state=None):
+        self.reduced = (fn, args) if state is None else (fn, args, state)
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def crafted_array(dtype_state, data=bytes(16), shape=(2,), code='V8'):
+    from numpy._core.multiarray import _reconstruct
+    dtype = Reduces(np.dtype, (code, False, True), dtype_state)
+    return Reduces(_reconstruct, (np.ndarray, (0,), b'b'), (1, shape, dtype, False, data))
+
+
+@pytest.mark.parametrize('name', ['field_out_of_bounds', 'object_flag', 'size_mismatch', 'ndarray_called',
+                                  'nested_deeply'])
+def test_restricted_unpickler_checks_numpy_states(name, tmp_path):
+    """numpy trusts the BUILD states of dtypes and arrays: a field at an arbitrary offset reads outside
+    the array (a segfault, or process memory in the values), an object flag makes numpy treat bytes as
+    pointers, `numpy.ndarray(shape, dtype)` called directly allocates any size without the file holding
+    the bytes. Each is refused with the file's name; real numpy pickles load (tests above)."""
+    i8 = Reduces(np.dtype, ('i8', False, True), (3, '<', None, None, None, -1, -1, 0))
+    values = {
+        'field_out_of_bounds': crafted_array((3, '|', None, ('a',), {'a': (i8, 2 ** 40)}, 8, 1, 0)),
+        'object_flag': crafted_array((3, '<', None, None, None, -1, -1, 0x01), code='i8'),
+        'size_mismatch': crafted_array((3, '|', None, None, None, -1, -1, 0), data=b'abcd', shape=(10 ** 6, 3072),
+                                       code='u1'),
+        'ndarray_called': Reduces(np.ndarray, ((3 * 10 ** 6, 3072), 'u1')),
+    }
+    path = tmp_path / 'test_batch'
+    if name == 'nested_deeply':
+        depth = 100000
+        path.write_bytes(b'\x80\x02}C\x01x' + b']' * depth + b'a' * (depth - 1) + b's.')
+    else:
+        path.write_bytes(pickle.dumps({b'data': values[name]}, protocol=4))
+    with pytest.raises(CifarFormatError, match=re.escape(str(path)) + ': ' + {
+            'field_out_of_bounds': r"numpy\.dtype\('V8'\): unexpected state", 'object_flag': r"numpy\.dtype\('i8'\)",
+            'size_mismatch': r'numpy array state: \(1000000, 3072\) x uint8 needs 3072000000 bytes, got 4',
+            'ndarray_called': 'numpy.ndarray called directly', 'nested_deeply': 'containers nested too deeply'}[name]):
+        load_cifar_pickle(str(path))
+
+
 def test_reader_names_file_and_key_of_bad_content(small_data, tmp_path):
     import shutil
     folder = tmp_path / 'cifar-10-batches-py'

@@ -17,9 +17,11 @@ Every file is a pickle, written by Python 2's cPickle (protocol 2), of a dict wi
     meta (CIFAR-100)           b'fine_label_names' (100), b'coarse_label_names' (20)
 
 The only globals these pickles name are numpy's array reconstruction (`numpy.core.multiarray._reconstruct`,
-`numpy.ndarray`, `numpy.dtype`). `RestrictedUnpickler` resolves exactly those, to checked versions (a plain
-ndarray, no object dtype), and refuses any other global before anything is called, with an error naming
-the file and the global. Plain `pickle.load` of such a file would run whatever callable it names.
+`numpy.ndarray`, `numpy.dtype`). `RestrictedUnpickler` resolves exactly those, to placeholders that check
+the BUILD states numpy would otherwise trust (a plain number dtype without object flag, fields or
+subarray; an array whose shape matches the bytes the file holds; `numpy.ndarray` never called), and
+refuses any other global before anything is called, with an error naming the file and the global.
+Plain `pickle.load` of such a file would run whatever callable it names.
 """
 from __future__ import annotations
 
@@ -58,21 +60,84 @@ class UnsafePickleError(CifarFormatError, pickle.UnpicklingError):
     """A pickle names a global that CIFAR files never hold (it could run code); nothing was called."""
 
 
+def _short(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+class _NdarrayGlobal:
+    """What the global `numpy.ndarray` resolves to: only `_reconstruct`'s first argument. Called
+    directly (`ndarray(shape, dtype, buffer, offset, strides)`) it would allocate any size, uninitialised
+    or aliased, independently of the file's bytes."""
+
+    def __new__(cls, *args, **kwargs):
+        raise UnsafePickleError("numpy.ndarray called directly: CIFAR arrays are only rebuilt by _reconstruct "
+                                "from the bytes the file holds")
+
+
+class _DtypePlaceholder:
+    """`numpy.dtype(spec, align, copy)` of the pickle; its BUILD state (byte order, flags, sizes,
+    fields) is checked before a clean dtype is made: a tampered state (object flag, fields at
+    arbitrary offsets) would make numpy read or free memory outside the array."""
+
+    def __init__(self, spec, align=False, copy=True):
+        if isinstance(spec, bytes):
+            spec = spec.decode('ascii')
+        if not isinstance(spec, str):
+            raise UnsafePickleError(f"numpy.dtype({spec!r}): only a type code string is allowed")
+        self.spec, self.align = spec, bool(align)
+        self.dtype = np.dtype(spec, self.align, True)                  # always a copy, never numpy's own
+        if self.dtype.hasobject:
+            raise UnsafePickleError(f"numpy.dtype({spec!r}): object arrays are not allowed (they unpickle objects)")
+        if self.dtype.fields is not None or self.dtype.subdtype is not None:
+            raise UnsafePickleError(f"numpy.dtype({spec!r}): only plain number dtypes are allowed")
+
+    def __setstate__(self, state):
+        probe = np.dtype(self.spec, self.align, True)
+        probe.__setstate__(state)
+        clean = np.dtype(probe.str)
+        if (probe.fields is not None or probe.subdtype is not None or probe.hasobject or probe.flags != clean.flags
+                or probe.itemsize != clean.itemsize or probe.alignment != clean.alignment):
+            raise UnsafePickleError(f"numpy.dtype({self.spec!r}): unexpected state {_short(state)} (a plain number "
+                                    "dtype has no fields, no subarray and its own flags and sizes)")
+        self.dtype = clean
+
+
+class _ArrayPlaceholder:
+    """`_reconstruct(ndarray, ...)` of the pickle; BUILD (version, shape, dtype, is_fortran, raw
+    bytes) is checked (a checked dtype, a shape whose size matches the bytes) before numpy sees it."""
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 4:
+            state = (1,) + state
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise UnsafePickleError(f"numpy array state: expected (1, shape, dtype, is_fortran, bytes), got "
+                                    f"{type(state).__name__} of length {len(state) if isinstance(state, tuple) else '?'}")
+        _, shape, dtype, fortran, data = state
+        if not isinstance(dtype, _DtypePlaceholder):
+            raise UnsafePickleError(f"numpy array state: the dtype must be numpy.dtype(code), got {type(dtype).__name__}")
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise UnsafePickleError(f"numpy array state: bad shape {_short(shape)}")
+        if not isinstance(data, bytes) or len(data) != int(np.prod(shape, dtype=object)) * dtype.dtype.itemsize:
+            raise UnsafePickleError(f"numpy array state: {shape} x {dtype.dtype} needs "
+                                    f"{int(np.prod(shape, dtype=object)) * dtype.dtype.itemsize} bytes, got "
+                                    f"{len(data) if isinstance(data, bytes) else type(data).__name__}")
+        array = _numpy_reconstruct(np.ndarray, (0,), b'b')
+        array.__setstate__((1, shape, dtype.dtype, bool(fortran), data))
+        self.array = array
+
+
 def _checked_reconstruct(subtype, shape, dtype_code):
-    if subtype is not np.ndarray:
+    if subtype is not _NdarrayGlobal:
         raise UnsafePickleError(f"numpy array reconstruction of {subtype!r}: only numpy.ndarray is allowed")
-    return _numpy_reconstruct(np.ndarray, shape, dtype_code)
+    return _ArrayPlaceholder()
 
 
 def _checked_dtype(spec, align=False, copy=True):
-    if isinstance(spec, bytes):
-        spec = spec.decode('ascii')
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"numpy.dtype({spec!r}): only a type code string is allowed")
-    dtype = np.dtype(spec, bool(align), bool(copy))
-    if dtype.hasobject:
-        raise UnsafePickleError(f"numpy.dtype({spec!r}): object arrays are not allowed (they unpickle objects)")
-    return dtype
+    return _DtypePlaceholder(spec, align, copy)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -82,7 +147,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     ALLOWED = {
         ('numpy.core.multiarray', '_reconstruct'): _checked_reconstruct,
         ('numpy._core.multiarray', '_reconstruct'): _checked_reconstruct,
-        ('numpy', 'ndarray'): np.ndarray,
+        ('numpy', 'ndarray'): _NdarrayGlobal,
         ('numpy', 'dtype'): _checked_dtype,
     }
 
@@ -102,17 +167,24 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refusing a persistent id ({pid!r}): CIFAR files have none")
 
 
-def _no_object_arrays(value, source: str):
-    """Arrays anywhere in the loaded value hold plain numbers (defence in depth)."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise UnsafePickleError(f"{source}: holds an object array")
-    elif isinstance(value, dict):
-        for item in value.values():
-            _no_object_arrays(item, source)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _no_object_arrays(item, source)
+def _resolve_arrays(value, source: str):
+    """The loaded value with each checked placeholder replaced by its numpy array (or dtype)."""
+    if isinstance(value, _ArrayPlaceholder):
+        if value.array is None:
+            raise UnsafePickleError(f"{source}: a numpy array without its state (shape, dtype, bytes)")
+        return value.array
+    if isinstance(value, _DtypePlaceholder):
+        return value.dtype
+    if isinstance(value, dict):
+        if any(isinstance(k, (_ArrayPlaceholder, _DtypePlaceholder)) for k in value):
+            raise UnsafePickleError(f"{source}: a numpy object as a dict key")
+        return {k: _resolve_arrays(v, source) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_resolve_arrays(v, source) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, (set, frozenset)) and any(isinstance(v, (_ArrayPlaceholder, _DtypePlaceholder)) for v in value):
+        raise UnsafePickleError(f"{source}: a numpy object in a set")
+    return value
 
 
 def load_cifar_pickle(path: str) -> dict:
@@ -120,11 +192,16 @@ def load_cifar_pickle(path: str) -> dict:
     with open(path, 'rb') as f:
         try:
             value = RestrictedUnpickler(f, source=path).load()
-        except CifarFormatError:
-            raise
+        except CifarFormatError as err:
+            if str(err).startswith(path):
+                raise
+            raise type(err)(f"{path}: {err}") from None
         except Exception as err:   # truncated or not a pickle at all
             raise CifarFormatError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err})") from None
-    _no_object_arrays(value, path)
+    try:
+        value = _resolve_arrays(value, path)
+    except RecursionError:
+        raise CifarFormatError(f"{path}: containers nested too deeply for a CIFAR file") from None
     if not isinstance(value, dict):
         raise CifarFormatError(f"{path}: expected a pickled dict, got {type(value).__name__}")
     return value
