@@ -142,14 +142,14 @@ def test_every_full_config_has_a_toy_variant_with_the_same_blocks():
 def det_data(tmp_path_factory):
     """Small toy COCO and VOC0712 datasets (real formats), shared by the runs."""
     root = tmp_path_factory.mktemp('det_data')
-    tool('make_toy_coco').make_toy_coco(str(root / 'toy_coco'), num_train=6, num_val=3, seed=0)
-    tool('make_toy_voc').make_toy_voc(str(root / 'toy_voc'), voc2007_trainval=4, voc2007_test=3, voc2012_trainval=4)
+    tool('make_toy_coco').make_toy_coco(str(root / 'toy_coco'), num_train=4, num_val=2, seed=0)
+    tool('make_toy_voc').make_toy_voc(str(root / 'toy_voc'), voc2007_trainval=2, voc2007_test=2, voc2012_trainval=2)
     return root
 
 
 def data_overrides(config: str, root, epochs: int = 1) -> dict:
     """--cfg-options (as a dict) moving every `data/toy_*` path of the config under `root`, and an
-    `epochs`-epoch schedule."""
+    `epochs`-epoch schedule without validation during training (the tests evaluate afterwards)."""
     cfg = load_config(config)
     out = {}
 
@@ -164,7 +164,7 @@ def data_overrides(config: str, root, epochs: int = 1) -> dict:
             out[path] = os.path.join(str(root), value[len('data/'):])
     walk(cfg.to_dict(), '')
     assert out, f'{config}: no data/toy_* path to redirect'
-    out.update({'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs, 'param_scheduler.1.end': epochs,
+    out.update({'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs + 1, 'param_scheduler.1.end': epochs,
                 'param_scheduler.1.milestones': [max(epochs - 1, 1)], 'default_hooks.checkpoint.interval': epochs,
                 'log_level': 'WARNING'})
     return out
