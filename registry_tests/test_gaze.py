@@ -132,6 +132,22 @@ def test_reader_errors_name_the_file_and_key(tmp_path):
     vector = MPIIFaceGaze(_write(tmp_path / 'vector.h5', gaze=(0.0, 0.0, -1.0)))     # a 3D vector, not angles
     with pytest.raises(ConfigError, match=r"vector\.h5.*p00/gaze/0000 has shape \(3,\).*expected \(2,\) float"):
         vector[0]
+    degrees = MPIIFaceGaze(_write(tmp_path / 'degrees.h5', gaze=(10.0, -25.0)))       # degrees, not radians
+    with pytest.raises(ConfigError, match=r"degrees\.h5.*p00/gaze/0000 has shape \(2,\).*in radians, finite"):
+        degrees[0]
+    nan = MPIIFaceGaze(_write(tmp_path / 'nan.h5', gaze=(float('nan'), 0.0)))
+    with pytest.raises(ConfigError, match=r"nan\.h5.*p00/gaze/0000 .*in radians, finite"):
+        nan[0]
+    import h5py
+    with h5py.File(good, 'a') as f:                               # a group or a string where an image belongs
+        del f['p00/image/0000'], f['p00/image/0001']
+        f.create_group('p00/image/0000')
+        f['p00/image/0001'] = 'face'
+    odd = MPIIFaceGaze(good, persons=['p00'])
+    with pytest.raises(ConfigError, match=r"good\.h5.*p00/image/0000 is a Group; expected \(H, W, 3\) uint8"):
+        odd[0]
+    with pytest.raises(ConfigError, match=r"good\.h5.*p00/image/0001 is a bytes; expected \(H, W, 3\) uint8"):
+        odd[1]
     (tmp_path / 'text.h5').write_text('not hdf5')
     with pytest.raises(ConfigError, match=r"text\.h5.*not a readable HDF5 file"):
         MPIIFaceGaze(str(tmp_path / 'text.h5'))

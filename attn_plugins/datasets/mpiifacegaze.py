@@ -151,17 +151,21 @@ class MPIIFaceGaze(Dataset):
         f = self._handle()
         if name not in f:
             raise ConfigError(f"MPIIFaceGaze: {self.path!r} has no dataset {name!r}")
-        value = f[name][()]
-        if not shape_check(value):
-            raise ConfigError(f"MPIIFaceGaze: {self.path!r}: {name} has shape {np.shape(value)} and dtype "
-                              f"{getattr(value, 'dtype', type(value).__name__)}; expected {expected}")
+        node = f[name]
+        value = node[()] if isinstance(node, _h5py().Dataset) else None
+        if not isinstance(value, np.ndarray) or not shape_check(value):
+            what = (f"has shape {np.shape(value)} and dtype {value.dtype}" if isinstance(value, np.ndarray)
+                    else f"is a {type(node).__name__ if value is None else type(value).__name__}")
+            raise ConfigError(f"MPIIFaceGaze: {self.path!r}: {name} {what}; expected {expected}")
         return value
 
     def read_angles(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(gaze, pose) of sample `index`, float32 (pitch, yaw) radians, without reading the image."""
         person, key = self.samples[index]
         angles = [self._read(f'{person}/{field}/{key}',
-                             lambda v: np.shape(v) == (2,) and np.issubdtype(v.dtype, np.floating), '(2,) float')
+                             lambda v: np.shape(v) == (2,) and np.issubdtype(v.dtype, np.floating)
+                             and bool(np.all(np.abs(v) <= np.pi)),
+                             '(2,) float (pitch, yaw) in radians, finite and within ±pi')
                   for field in ('gaze', 'pose')]
         return angles[0].astype(np.float32), angles[1].astype(np.float32)
 
