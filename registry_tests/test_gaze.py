@@ -186,6 +186,9 @@ def test_mean_angular_error_metric():
     assert result['angular_error/p01'] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="needs 'pred_gaze' and 'gaze'"):
         metric.process({}, [dict(pred_gaze=torch.zeros(2))])
+    vectors = [dict(pred_gaze=torch.tensor([0.0, 0.0, -1.0]), gaze=torch.tensor([0.0, 0.0, -1.0]))] * 2
+    with pytest.raises(ValueError, match=r"must be \(pitch, yaw\) of shape \(2,\) each; got \(3,\) and \(3,\)"):
+        metric.process({}, vectors)                                # 3D vectors: not silently re-paired as angles
 
 
 # ------------------------------------------------------------------ model

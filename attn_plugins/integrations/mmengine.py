@@ -385,8 +385,11 @@ class MeanAngularError(BaseMetric):
             if 'pred_gaze' not in sample or 'gaze' not in sample:
                 raise ValueError("MeanAngularError: each predicted sample needs 'pred_gaze' and 'gaze' "
                                  f"(pitch, yaw); got keys {sorted(sample)}")
-            self.results.append((np.asarray(_to_numpy(sample['pred_gaze']), np.float64),
-                                 np.asarray(_to_numpy(sample['gaze']), np.float64), sample.get('person')))
+            pred, true = (np.asarray(_to_numpy(sample[key]), np.float64) for key in ('pred_gaze', 'gaze'))
+            if pred.shape != (2,) or true.shape != (2,):
+                raise ValueError(f"MeanAngularError: 'pred_gaze' and 'gaze' must be (pitch, yaw) of shape (2,) each; "
+                                 f"got {pred.shape} and {true.shape}")
+            self.results.append((pred, true, sample.get('person')))
 
     def compute_metrics(self, results: list) -> dict:
         import numpy as np
