@@ -44,6 +44,8 @@ def input_dims(block_type: str, options: Mapping[str, Any] | None = None) -> int
 
 # Decode heads registered by the mmseg integration; listed here so names live in one place.
 HEADS = ('DualAttentionHead', 'NonLocalHead', 'PyramidAttentionHead')
+# Recognition heads registered by the mmaction2 integration (in mmaction2's MODELS, not mmseg's).
+VIDEO_HEADS = ('VideoPyramidAttentionHead',)
 
 SCOPE = 'attn_plugins'
 
@@ -60,7 +62,7 @@ def snake_name(name: str) -> str:
 
 def list_plugins() -> list[str]:
     """Sorted names of every registered block and head."""
-    return sorted([*BLOCKS, *HEADS])
+    return sorted([*BLOCKS, *HEADS, *VIDEO_HEADS])
 
 
 def did_you_mean(name: str, choices) -> str:

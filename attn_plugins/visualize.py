@@ -10,15 +10,19 @@ catch what it computed; one PNG per block, its module path in the title:
     CBAM                   channel weights M_c (bars) and the spatial map M_s over the input
     PositionAttention      rows of S for the query pixels (`query_attention`: those rows only,
                            never N x N), over the input
-    NonLocal               f(x_q, x_j) / C(x) of the query pixels (`query_attention`)
+    NonLocal               f(x_q, x_j) / C(x) of the query pixels (`query_attention`); a video
+                           (3-D) block: one row per query, one panel per key frame, over that frame
+    PyramidAttention       the attention a over the target map; video: one panel per frame, and a
+                           row per pyramid level l with its part s_l of the score s = Σ_l s_l
     ChannelAttention       the C x C channel attention
     DualAttention          its PAM rows and CAM matrix
-    SpatialWeights, PyramidAttention, PayAttention (LTPA) and any other block that records an
-    attention map (`record_attention`): the map over the input (bars for a channel vector)
+    SpatialWeights, PayAttention (LTPA) and any other block that records an attention map
+    (`record_attention`): the map over the input (bars for a channel vector; a video map: per frame)
     peers' blocks (timm SE / CBAM / ECA, `analysis.PEER_BLOCKS`): the outputs of their `gate` layers
 
-Maps are upsampled to the model's input size; video maps (T, H, W) show the middle frame (the
-query's), non-local keys are summed over time.
+Maps are upsampled to the model's input size. Video (an NCTHW clip): a query is X,Y[,T] (T an
+input frame, default the middle one); feature frame t is drawn over the input frame in the middle
+of those it covers, and the panels of one row share one colour scale so frames compare.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .analysis import attention_blocks, block_classes
-from .modules import (CBAM, SE, ChannelAttention, DualAttention, NonLocal, PositionAttention)
+from .modules import (CBAM, SE, ChannelAttention, DualAttention, NonLocal, PositionAttention, PyramidAttention)
+from .modules._helpers import resize_to
 from .registry import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -46,6 +51,8 @@ class Panel:
     data: np.ndarray
     title: str
     query: tuple[float, float] | None = None      # (x, y) in input pixels, marked on a map
+    frame: int | None = None                      # video: the input frame a map is drawn over
+    vrange: tuple[float, float] | None = None     # colour scale shared by a row of frames
 
 
 @dataclass
@@ -54,6 +61,7 @@ class BlockPicture:
     type: str
     panels: list[Panel] = field(default_factory=list)
     note: str = ''
+    columns: int = 0              # panels per row (video: one per frame); 0: all in one row
 
 
 # ---------------------------------------------------------------- inputs
@@ -62,6 +70,7 @@ class ModelInput:
     run: Callable[[], Any]         # one inference forward
     image: np.ndarray              # (H, W, 3) RGB in [0, 1]: what the model saw (after resizing / padding)
     source: str
+    frames: np.ndarray | None = None   # video: (T, H, W, 3), every input frame (`image` is the middle one)
 
 
 def _display(tensor: torch.Tensor, mean=None, std=None, bgr: bool = False) -> np.ndarray:
@@ -81,6 +90,14 @@ def _display(tensor: torch.Tensor, mean=None, std=None, bgr: bool = False) -> np
         x = x.flip(0)
     scale = 255.0 if x.max() > 1.5 else 1.0
     return (x / scale).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _display_frames(tensor: torch.Tensor, mean=None, std=None, bgr: bool = False) -> np.ndarray:
+    """A clip input (C, T, H, W), with leading clip dims -> its frames (T, H, W, 3) RGB in [0, 1]."""
+    x = tensor
+    while x.dim() > 4:
+        x = x[0]
+    return np.stack([_display(x[:, t], mean, std, bgr) for t in range(x.shape[1])])
 
 
 def _pipeline_cfg(cfg):
@@ -139,10 +156,13 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
             inputs, samples = batch['inputs'], batch.get('data_samples')
             pre = model.data_preprocessor
             normalised = bool(getattr(pre, '_enable_normalize', False))
-            shown = _display(inputs[0], getattr(pre, 'mean', None) if normalised else None,
-                             getattr(pre, 'std', None) if normalised else None,
-                             bgr=not getattr(pre, '_channel_conversion', False))
-            return ModelInput(lambda: tensor_forward(model, inputs, samples), shown, source)
+            mean = getattr(pre, 'mean', None) if normalised else None
+            std = getattr(pre, 'std', None) if normalised else None
+            video = getattr(pre, 'format_shape', None) == 'NCTHW'      # mmaction2: frames decoded as RGB
+            bgr = bool(getattr(pre, 'to_rgb', False)) if video else not getattr(pre, '_channel_conversion', False)
+            shown = _display(inputs[0], mean, std, bgr=bgr)
+            frames = _display_frames(inputs[0], mean, std, bgr) if video else None
+            return ModelInput(lambda: tensor_forward(model, inputs, samples), shown, source, frames)
     if sample is not None:
         raise ConfigError("--sample: this model has no data pipeline in its config; pass --image instead")
     if image is None:
@@ -169,28 +189,61 @@ def _timm_input(model: nn.Module, path: str, input_shape: Sequence[int] | None) 
 
 
 # ---------------------------------------------------------------- capture
-def parse_queries(texts: Sequence[str] | None, height: int, width: int) -> list[tuple[float, float]]:
-    """'x,y' pixel positions of the input image; default: the centre and two diagonal points."""
+def parse_queries(texts: Sequence[str] | None, height: int, width: int,
+                  num_frames: int = 0) -> list[tuple[float, ...]]:
+    """'x,y' pixel positions of the input image, 'x,y,t' for a clip of `num_frames` frames (t: an
+    input frame, default the middle one). Default: the centre and two diagonal points; for a clip
+    the centre of its middle frame."""
     if not texts:
+        if num_frames:
+            return [(width / 2, height / 2, float(num_frames // 2))]
         return [(width / 2, height / 2), (width / 4, height / 4), (3 * width / 4, 3 * height / 4)]
     queries = []
+    expected = 'X,Y pixel coordinates such as 64,32' + (f' or X,Y,T with T an input frame (0 to {num_frames - 1})'
+                                                        if num_frames else '')
     for text in texts:
         try:
-            x, y = (float(v) for v in str(text).split(','))
+            values = tuple(float(v) for v in str(text).split(','))
         except ValueError:
-            raise ConfigError(f"--queries {text!r}: expected X,Y pixel coordinates such as 64,32") from None
+            values = ()
+        if len(values) not in ((2, 3) if num_frames else (2,)):
+            extra = ' (a frame index T is for video inputs only)' if len(values) == 3 else ''
+            raise ConfigError(f"--queries {text!r}: expected {expected}{extra}")
+        x, y = values[:2]
         if not (0 <= x < width and 0 <= y < height):
             raise ConfigError(f"--queries {text!r}: outside the {width}x{height} model input (x < {width}, y < {height})")
-        queries.append((x, y))
+        if len(values) == 3:
+            if not (values[2] == int(values[2]) and 0 <= values[2] < num_frames):
+                raise ConfigError(f"--queries {text!r}: frame {values[2]:g} is not one of the clip's {num_frames} "
+                                  f"input frames (0 to {num_frames - 1})")
+        elif num_frames:
+            values = (x, y, float(num_frames // 2))
+        queries.append(values)
     return queries
 
 
-def _flat_queries(queries, grid: Sequence[int], height: int, width: int) -> torch.Tensor:
-    """Flat indices into a (…, h, w) feature grid (video: the middle frame) of input-pixel queries."""
+def _feature_frame(query, frames: int, num_frames: int) -> int:
+    """The feature frame (of `frames`) holding a query's input frame (default: the middle one)."""
+    if len(query) < 3 or not num_frames:
+        return frames // 2
+    return min(int(query[2] * frames / num_frames), frames - 1)
+
+
+def _input_frame(t: int, frames: int, num_frames: int) -> int | None:
+    """The input frame drawn under feature frame t: the middle of the input frames it covers."""
+    return min(int((t + 0.5) * num_frames / frames), num_frames - 1) if num_frames else None
+
+
+def _flat_queries(queries, grid: Sequence[int], height: int, width: int, num_frames: int = 0) -> torch.Tensor:
+    """Flat indices into a (…, h, w) feature grid of input-pixel queries ((t, h, w): in the query's
+    frame, see `_feature_frame`)."""
     h, w = grid[-2], grid[-1]
-    offset = (grid[0] // 2) * h * w if len(grid) == 3 else 0
-    return torch.tensor([offset + min(int(y * h / height), h - 1) * w + min(int(x * w / width), w - 1)
-                         for x, y in queries])
+    flat = []
+    for query in queries:
+        x, y = query[:2]
+        offset = _feature_frame(query, grid[0], num_frames) * h * w if len(grid) == 3 else 0
+        flat.append(offset + min(int(y * h / height), h - 1) * w + min(int(x * w / width), w - 1))
+    return torch.tensor(flat)
 
 
 def _spatial(map_: torch.Tensor) -> np.ndarray:
@@ -205,42 +258,100 @@ def _vector(values: torch.Tensor) -> np.ndarray:
     return values.detach().float()[0].flatten().cpu().numpy()
 
 
-def _query_panels(name: str, rows: torch.Tensor, key_grid, queries) -> list[Panel]:
+def _frame_panels(maps: np.ndarray, titles: Sequence[str], num_frames: int,
+                  marks: dict[int, tuple[float, float]] | None = None) -> list[Panel]:
+    """One 'map' panel per frame of a (T, H, W) map, over the input frame each covers, one colour scale."""
+    vrange = (float(maps.min()), float(maps.max()))
+    return [Panel('map', maps[t], titles[t], (marks or {}).get(t), _input_frame(t, len(maps), num_frames), vrange)
+            for t in range(len(maps))]
+
+
+def _frame_name(t: int, frames: int, num_frames: int) -> str:
+    shown = _input_frame(t, frames, num_frames)
+    return f"frame {shown}" if shown is not None else f"feature frame {t}"
+
+
+def _query_panels(name: str, rows: torch.Tensor, key_grid, queries, num_frames: int = 0) -> list[Panel]:
+    """Each query's row over the key grid; a (T, H, W) grid: one panel per key frame (the share
+    Σ of the row's weight on that frame in the title), the query marked on its own frame."""
     panels = []
-    for i, (x, y) in enumerate(queries):
-        row = rows[0, i].reshape(*key_grid)
-        if row.dim() == 3:
-            row = row.sum(0)                  # video: over time
-        panels.append(Panel('map', row.detach().float().cpu().numpy(), f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
+    for i, query in enumerate(queries):
+        x, y = query[:2]
+        row = rows[0, i].reshape(*key_grid).detach().float().cpu().numpy()
+        if row.ndim < 3:
+            panels.append(Panel('map', row, f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
+            continue
+        frames, own = row.shape[0], _feature_frame(query, row.shape[0], num_frames)
+        where = f"query ({x:.0f}, {y:.0f}) of {_frame_name(own, frames, num_frames)}"
+        mine = " (query's)"
+        titles = [(f"{name}\n{where}\n" if t == 0 else '\n\n') + f"keys of {_frame_name(t, frames, num_frames)}"
+                  f"{mine if t == own else ''}: Σ {row[t].sum():.3g}" for t in range(frames)]
+        panels += _frame_panels(row, titles, num_frames, {own: (x, y)})
     return panels
 
 
-def _position_panels(block: PositionAttention, x: torch.Tensor, queries, height, width, name='position attention'):
+def _position_panels(block: PositionAttention, x: torch.Tensor, queries, height, width, name='position attention',
+                     num_frames: int = 0):
     grid = tuple(x.shape[2:])
-    rows = block.query_attention(x, _flat_queries(queries, grid, height, width))
-    return _query_panels(name, rows, grid, queries)
+    rows = block.query_attention(x, _flat_queries(queries, grid, height, width, num_frames))
+    return _query_panels(name, rows, grid, queries, num_frames)
 
 
-def _non_local_panels(block: NonLocal, x: torch.Tensor, queries, height, width):
+def _non_local_panels(block: NonLocal, x: torch.Tensor, queries, height, width, num_frames: int = 0):
     if block.dim == 1:
         grid = (1, x.shape[-1])
         rows = block.query_attention(x, _flat_queries(queries, grid, 1, width))
         return [Panel('bars', rows[0, i].cpu().numpy(), f"non-local weights of position {int(q)}")
                 for i, q in enumerate(_flat_queries(queries, grid, 1, width))]
     grid = tuple(x.shape[2:])
-    rows = block.query_attention(x, _flat_queries(queries, grid, height, width))
+    rows = block.query_attention(x, _flat_queries(queries, grid, height, width, num_frames))
     keys = tuple(block.pool(x[:1, :1]).shape[2:])
-    return _query_panels(f"non-local ({block.mode})" + ('\nkeys summed over time' if len(keys) == 3 else ''),
-                         rows, keys, queries)
+    return _query_panels(f"non-local ({block.mode})", rows, keys, queries, num_frames)
 
 
-def _recorded_panels(map_: torch.Tensor, name: str) -> list[Panel]:
+def pyramid_level_scores(block: PyramidAttention, features) -> torch.Tensor:
+    """(L, B, N): s_l, the part of pyramid level l in the score s = Σ_l s_l of every target position
+    (the fusion Σ_l R(P_l X^l), the centring and the projection Wᵀ are linear; σ_k is that of the
+    fused features, as in `PyramidAttention.scores`). softmax(Σ_l s_l) is the block's attention a."""
+    feats = [features] if isinstance(features, torch.Tensor) else list(features)
+    size = tuple(feats[block.target_index].shape[2:])
+    parts = [resize_to(conv(f), size).flatten(2) for conv, f in zip(block.reduce, feats)]
+    proj = [torch.matmul(block.components.t(), p - p.mean(-1, keepdim=True)) for p in parts]
+    proj = [z.to(torch.promote_types(z.dtype, torch.float32)) for z in proj]
+    spread = sum(proj).pow(2).mean(-1, keepdim=True).add(block.eps).sqrt()              # σ_k: B, K, 1
+    return torch.stack([torch.einsum('k,bkn->bn', block.score.to(z.dtype), z / spread) for z in proj])
+
+
+def _pyramid_panels(block: PyramidAttention, features, num_frames: int) -> tuple[list[Panel], int]:
+    """The attention a, then a row per level with its score part s_l; video: one column per frame."""
+    attention = block.attention_map[0, 0].float()
+    size = tuple(attention.shape)
+    levels = pyramid_level_scores(block, features)[:, 0].unflatten(1, size).cpu().numpy()
+    rows = [(attention.cpu().numpy(), 'attention a (softmax over all positions)')]
+    rows += [(level, f"level {l} ({c} ch{', target' if l == block.target_index else ''}): score part s_{l}")
+             for l, (level, c) in enumerate(zip(levels, block.in_channels))]
+    if len(size) == 2:
+        return [Panel('map', data, title.replace(': ', ':\n', 1)) for data, title in rows], 0
+    frames = size[0]
+    panels = []
+    for data, title in rows:
+        panels += _frame_panels(data, [(f"{title}\n" if t == 0 else '\n') + _frame_name(t, frames, num_frames)
+                                       + (f": Σ a {data[t].sum():.3g}" if title.startswith('attention') else '')
+                                       for t in range(frames)], num_frames)
+    return panels, frames
+
+
+def _recorded_panels(map_: torch.Tensor, name: str, num_frames: int = 0) -> list[Panel]:
     """Panels for an attention map recorded by a block, by its shape."""
     m = map_.detach().float()
     if m.dim() >= 2 and m[0].numel() == m.shape[1]:               # (B, C), (B, C, 1, 1): a channel vector
         return [Panel('bars', _vector(m), f"{name}: channel weights")]
-    if m.dim() >= 4 and m.shape[1] == 1:                           # (B, 1, H, W) or (B, 1, T, H, W)
-        return [Panel('map', _spatial(m[:, 0]), f"{name}: map" + (' (middle frame)' if m.dim() == 5 else ''))]
+    if m.dim() == 5 and m.shape[1] == 1:                           # (B, 1, T, H, W): per frame
+        maps = m[0, 0].cpu().numpy()
+        return _frame_panels(maps, [(f"{name}: map\n" if t == 0 else '\n') + _frame_name(t, len(maps), num_frames)
+                                    for t in range(len(maps))], num_frames)
+    if m.dim() == 4 and m.shape[1] == 1:                           # (B, 1, H, W)
+        return [Panel('map', _spatial(m[:, 0]), f"{name}: map")]
     if m.dim() == 3:                                              # (B, n, n) matrix
         return [Panel('matrix', m[0].cpu().numpy(), f"{name}: attention matrix")]
     return []
@@ -309,13 +420,14 @@ def block_pictures(model: nn.Module, model_input: ModelInput, queries) -> list[B
         with torch.no_grad():
             model_input.run()
             height, width = model_input.image.shape[:2]
-            pictures = [_picture(path, block, capture, queries, height, width) for path, block in blocks]
+            num_frames = 0 if model_input.frames is None else len(model_input.frames)
+            pictures = [_picture(path, block, capture, queries, height, width, num_frames) for path, block in blocks]
     finally:
         capture.close()
     return pictures
 
 
-def _picture(path, block, capture: _Capture, queries, height, width) -> BlockPicture:
+def _picture(path, block, capture: _Capture, queries, height, width, num_frames: int = 0) -> BlockPicture:
     from .plan import _block_name
     picture = BlockPicture(path, _block_name(block))
     args = capture.inputs.get(path)
@@ -330,22 +442,35 @@ def _picture(path, block, capture: _Capture, queries, height, width) -> BlockPic
         if block.attention_map is not None:
             picture.panels.append(Panel('map', _spatial(block.attention_map[:, 0]), 'spatial map M_s'))
     elif isinstance(block, PositionAttention):
-        picture.panels = _position_panels(block, x, queries, height, width)
+        picture.panels = _position_panels(block, x, queries, height, width, num_frames=num_frames)
     elif isinstance(block, NonLocal):
-        picture.panels = _non_local_panels(block, x, queries, height, width)
+        picture.panels = _non_local_panels(block, x, queries, height, width, num_frames)
+    elif isinstance(block, PyramidAttention) and block.attention_map is not None:
+        picture.panels, picture.columns = _pyramid_panels(block, args[0], num_frames)
     elif isinstance(block, DualAttention):
         picture.panels = _position_panels(block.pam, x, queries, height, width, 'PAM')
         picture.panels += [Panel('matrix', block.cam.attention_map[0].float().cpu().numpy(), 'CAM channel attention')]
     elif isinstance(block, ChannelAttention):
         picture.panels = [Panel('matrix', block.attention_map[0].float().cpu().numpy(), 'channel attention (C x C)')]
     elif getattr(block, 'attention_map', None) is not None:
-        picture.panels = _recorded_panels(block.attention_map, picture.type)
+        picture.panels = _recorded_panels(block.attention_map, picture.type, num_frames)
     else:
         for name, output in capture.peer_gates.get(path, {}).items():
             picture.panels += _recorded_panels(output, name)
     if not picture.panels:
         picture.note = 'records no attention map'
+    elif not picture.columns and picture.panels[0].vrange is not None:     # video: a row of frames per map
+        picture.columns = _row_length(picture.panels)
     return picture
+
+
+def _row_length(panels: list[Panel]) -> int:
+    """Panels per row of a video picture: the frames of the first row (they share one colour scale)."""
+    first = panels[0].vrange
+    count = 0
+    while count < len(panels) and panels[count].vrange is first:
+        count += 1
+    return count
 
 
 # ---------------------------------------------------------------- drawing
@@ -360,17 +485,23 @@ def _colorbar(fig, shown, ax) -> None:
     bar.update_ticks()
 
 
-def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str = '') -> str:
-    """One PNG for one block."""
+def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str = '',
+         frames: np.ndarray | None = None) -> str:
+    """One PNG for one block (rows of `picture.columns` panels; video maps over their `frames`)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     panels = picture.panels
-    widths = [2.2 if p.kind == 'bars' else 1.0 for p in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.6 * sum(widths)), 3.6), squeeze=False,
+    columns = picture.columns or len(panels)
+    rows = -(-len(panels) // columns)
+    widths = [2.2 if p.kind == 'bars' else 1.0 for p in panels[:columns]]
+    side = 3.6 if rows == 1 else 3.0
+    fig, axes = plt.subplots(rows, columns, figsize=(max(6.0, side * sum(widths)), side * rows), squeeze=False,
                              gridspec_kw=dict(width_ratios=widths))
     height, width = image.shape[:2]
-    for ax, panel in zip(axes[0], panels):
+    for ax in axes.flat[len(panels):]:
+        ax.axis('off')
+    for ax, panel in zip(axes.flat, panels):
         if panel.kind == 'bars':
             values = panel.data
             ax.bar(np.arange(len(values)), values, width=1.0, color='tab:blue')
@@ -384,8 +515,9 @@ def draw(picture: BlockPicture, image: np.ndarray, path: str, title_extra: str =
             ax.set_ylabel('channel i')
             _colorbar(fig, shown, ax)
         else:
-            ax.imshow(image)
-            shown = ax.imshow(_upsample(panel.data, height, width), cmap='jet', alpha=0.5)
+            ax.imshow(frames[panel.frame] if frames is not None and panel.frame is not None else image)
+            vmin, vmax = panel.vrange or (None, None)
+            shown = ax.imshow(_upsample(panel.data, height, width), cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax)
             _colorbar(fig, shown, ax)
             if panel.query is not None:
                 ax.plot([panel.query[0]], [panel.query[1]], marker='x', color='white', markersize=10, mew=3)
@@ -434,7 +566,7 @@ def visualize(config: str, checkpoint: str | None = None, image: str | None = No
     model.eval()
     model_input = prepare_input(cfg, model, image, sample, parse_shape(input_shape) if input_shape else None)
     height, width = model_input.image.shape[:2]
-    points = parse_queries(queries, height, width)
+    points = parse_queries(queries, height, width, 0 if model_input.frames is None else len(model_input.frames))
     pictures = block_pictures(model, model_input, points)
     os.makedirs(out, exist_ok=True)
     written = []
@@ -443,7 +575,7 @@ def visualize(config: str, checkpoint: str | None = None, image: str | None = No
             print(f"{picture.path} ({picture.type}): no picture ({picture.note})")
             continue
         name = f"{index:02d}_{picture.path.replace('.', '_') or 'model'}.png"
-        written.append(draw(picture, model_input.image, os.path.join(out, name), untrained))
+        written.append(draw(picture, model_input.image, os.path.join(out, name), untrained, model_input.frames))
     print(f"input: {model_input.source}, {width}x{height}")
     return written
 

@@ -17,7 +17,7 @@ def test_list_plugins_is_sorted_and_complete():
     assert names == sorted(names)
     assert {'SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
             'PyramidAttention', 'NonLocal', 'PayAttention', 'DualAttentionHead', 'NonLocalHead',
-            'PyramidAttentionHead'} == set(names)
+            'PyramidAttentionHead', 'VideoPyramidAttentionHead'} == set(names)
 
 
 def test_build_from_dict_and_aliases():
@@ -130,7 +130,7 @@ def test_import_without_openmmlab_extras():
             "except attn_plugins.ConfigError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd='.')
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith('12 SE')
+    assert out.stdout.startswith('13 SE')
     assert 'pip install attn_plugins[seg]' in out.stdout
 
 

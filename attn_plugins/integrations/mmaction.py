@@ -38,10 +38,9 @@ from mmengine.model.weight_init import normal_init
 
 from ..losses import auxiliary_losses
 from ..modules import PyramidAttention, reset_attention_blocks
-from ..registry import ConfigError
+from ..registry import VIDEO_HEADS, ConfigError
 from .mmengine import register_once
 
-VIDEO_HEADS = ('VideoPyramidAttentionHead',)
 TEMPORAL_POOLS = ('avg', 'max')
 
 

@@ -184,7 +184,9 @@ class NonLocal(HostInit, nn.Module):
     def query_attention(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """f(x_q, x_j) / C(x) for the flat input positions `queries` over all key positions j
         (sub-sampled with `sub_sample`: the grid of `self.pool(x)`): (B, Q, Nk), computed for those
-        queries only (O(Q·Nk) memory, for pictures)."""
+        queries only (O(Q·Nk) memory, for pictures). Positions are row-major over the spatial
+        dims: for dim=3, query t·H·W + y·W + x, and a row reshaped to the key grid (T, H', W') is
+        that query's attention across the frames (sub_sample pools 1x2x2: every frame is kept)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
         query, key = self._pairwise(x)
         query = query[:, queries]
