@@ -128,7 +128,11 @@ def _image_sample(cfg, path: str):
                 if 'LoadAnnotations' not in str(t.get('type', ''))]
     if not pipeline:
         return None
-    return Compose(pipeline)(dict(img_path=path)), f"{path} through the test pipeline"
+    try:
+        data = Compose(pipeline)(dict(img_path=path))
+    except (AssertionError, OSError, ValueError) as err:      # mmcv: 'failed to load image: ...'
+        raise ConfigError(f"--image {path!r}: the test pipeline could not read it ({type(err).__name__}: {err})") from None
+    return data, f"{path} through the test pipeline"
 
 
 def _check_image(path: str) -> None:

@@ -333,6 +333,15 @@ def test_viz_user_errors_exit_2_one_line(tmp_path, capsys):
                                                "in its config; pass --image instead")
 
 
+def test_viz_image_the_test_pipeline_cannot_read_exit_2_one_line(tmp_path, capsys):
+    not_an_image = write(tmp_path, 'notes.png', 'not an image')
+    config = os.path.join(SEG_TOY, 'se_fcn_r50-d8_toy.yaml')
+    assert main(['viz', config, '--image', not_an_image, '--out', str(tmp_path / 'v')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"attn-plugins viz: error: --image {not_an_image!r}: the test pipeline could not read it")
+
+
 def test_train_names_an_unknown_openmmlab_type_as_plan_does(tmp_path, capsys):
     from attn_plugins.cli import train_main
     config = os.path.join(SEG_TOY, 'se_fcn_r50-d8_toy.yaml')
