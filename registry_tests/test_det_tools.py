@@ -1,8 +1,8 @@
 """Detection through the tools as a user runs them: tools/train.py and tools/test.py on a
 configs/det/toy config and generated COCO data (--cfg-options, --resume continuing exactly,
---out metrics.json, progress lines), DDP on gloo with torchrun, mmdet's own tools/train.py on
-our YAML, and malformed annotation files stopped before training with one line naming the file
-and the annotation."""
+--out metrics.json), progress lines, DDP on gloo with torchrun, mmdet's own tools/train.py on
+our YAML, the demo's detection part, and malformed annotation files stopped before training
+with one line naming the file and the annotation."""
 import glob
 import importlib.util
 import json
@@ -97,19 +97,6 @@ def test_resume_continues_exactly(trained, toy_coco, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_progress_lines_and_cfg_options_reach_the_detector(toy_coco, tmp_path, capsys):
-    from attn_plugins.runner import build_runner
-    runner = build_runner(COCO_CFG, work_dir=str(tmp_path), progress_interval=2,
-                          cfg_options=coco_options(toy_coco, 1) + ['model.roi_head.bbox_head.fc_out_channels=48',
-                                                                   'train_dataloader.batch_size=1'])
-    assert runner.model.roi_head.bbox_head.shared_fcs[-1].out_features == 48
-    runner.train()
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('[train] [')]
-    total = runner.max_iters
-    assert total >= 4 and len(lines) == total // 2 + (total % 2)
-    assert lines[-1].split()[2] == f'{total}/{total}' and 'loss' in lines[-1] and 'eta 0s' in lines[-1]
-
-
 def test_malformed_annotations_stop_the_tools_with_one_line(toy_coco, tmp_path, capsys):
     data = json.load(open(os.path.join(toy_coco, 'annotations', 'instances_val2017.json')))
     ann = next(a for a in data['annotations'] if not a['iscrowd'])
@@ -182,6 +169,9 @@ def test_detection_checkpoints_are_not_put_through_the_mmseg_converter(trained, 
     runner = runner_module.build_runner(COCO_CFG, work_dir=str(tmp_path), load_from=checkpoint,
                                         cfg_options=coco_options(toy_coco, 1))
     assert runner.cfg.load_from == checkpoint
+    wider = runner_module.build_runner(COCO_CFG, work_dir=str(tmp_path), cfg_options=coco_options(toy_coco, 1) + [
+        'model.roi_head.bbox_head.fc_out_channels=48'])                   # --cfg-options reach the detector
+    assert wider.model.roi_head.bbox_head.shared_fcs[-1].out_features == 48
     with pytest.raises(ConfigError, match="checkpoint 'missing.pth' not found"):
         runner_module.build_runner(COCO_CFG, work_dir=str(tmp_path), load_from='missing.pth',
                                    cfg_options=coco_options(toy_coco, 1))
@@ -198,6 +188,8 @@ def test_demo_detection_part_trains_evaluates_and_draws(toy_coco, tmp_path, monk
     assert report['epochs'] == 1 and report['iterations'] >= 3 and os.path.isfile(report['checkpoint'])
     assert set(report['metrics']) >= {'coco/bbox_mAP', 'coco/bbox_mAP_50'}
     printed = capsys.readouterr().out
+    total = report['iterations']                                      # ProgressHook: the last iteration's line
+    assert re.search(rf'^\[train\] \[#{{30}}\] {total}/{total} loss \d+\.\d{{3}} elapsed \d+s eta 0s$', printed, re.M)
     assert f"bbox mAP={report['metrics']['coco/bbox_mAP']:.3f}, mAP_50={report['metrics']['coco/bbox_mAP_50']:.3f}" in printed
     picture = plt.imread(os.path.join('out', 'det', 'detections.png'))
     assert picture.shape[1] > 2.5 * picture.shape[0] and picture.std() > 0.05     # a row of val images, drawn
