@@ -150,6 +150,29 @@ def test_non_local_concatenation_products_all_counted():
     assert count.blocks['nl']['macs'] == 3 * n * c * ci + n * ci * c + 2 * n * ci + ci * n * n
 
 
+def test_gates_softmax_and_norms_are_not_free():
+    """'other' by hand for CBAM, PAM and NonLocal (eval): pools, gates, softmax (5 per element),
+    BN (2 per element), residual adds; 'macs' as mmengine counts them."""
+    c, n = 16, 48
+    x = torch.randn(1, c, 6, 8)
+
+    def cost(block):
+        block = randomize(block).eval()
+        count, _ = count_flops(lambda: block(x), [('b', block)])
+        assert count.uncounted == {}
+        return count.blocks['b']['macs'], count.blocks['b']['other']
+    hid = 4                                              # CBAM(16, reduction=4)
+    channel = 2 * c * n + 2 * hid + c + c + c * n        # avg and max pool, ReLU x2, add, sigmoid, x * M_c
+    spatial = 2 * c * n + 2 * n + n + c * n              # channel mean and max, BN, sigmoid, x * M_s
+    assert cost(CBAM(c, reduction=4)) == (2 * 2 * c * hid + 2 * 49 * n, channel + spatial)
+    ck = 8                                               # PositionAttention(16, reduction=2)
+    assert cost(PositionAttention(c, reduction=2)) == (2 * n * c * ck + n * c * c + n * n * ck + n * n * c,
+                                                       5 * n * n + 2 * n * c)       # softmax, gamma *, + x
+    ci = 8                                               # NonLocal(16): theta scaled by ci^-1/2
+    assert cost(NonLocal(c)) == (3 * n * c * ci + 2 * n * n * ci + n * ci * c,
+                                 n * ci + 5 * n * n + 2 * n * c + n * c)            # scale, softmax, BN, + x
+
+
 def test_plan_is_reproducible_whatever_the_global_rng(tmp_path, monkeypatch):
     """plan counts the same weights every run (a detector's proposals, hence its FLOPs, depend on them)."""
     from attn_plugins import plan as plan_module
