@@ -406,7 +406,7 @@ def run_sweep(args, progress=None, blocks=None) -> list[dict]:
     limit = int(args.mem_limit_gb * 2 ** 30) if args.mem_limit_gb else mem_total_bytes()
     sizes = QUICK_SWEEP_SIZES if args.quick else SWEEP_SIZES
     channels = QUICK_SWEEP_CHANNELS if args.quick else SWEEP_CHANNELS
-    warmup, repeats = (0, 1) if args.quick else (1, 3)
+    warmup, repeats = (1, 1) if args.quick else (1, 3)
     points = []
     for block in blocks or list(SWEEP_BLOCKS):
         ours, peer, peer_import, _ = SWEEP_BLOCKS[block]
@@ -437,7 +437,8 @@ def plot_overhead(rows: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
     metrics = (('params', 'params'), ('flops', 'FLOPs (+ gates)'), ('time_paired_median', 'CPU time'),
                ('memory', 'peak memory'))
-    bars = [(f"{r['case']}\n{label}", ratios) for r in rows for label, ratios in r['vs_base'].items()]
+    import textwrap
+    bars = [(f"{textwrap.fill(r['case'], 16)}\n{label}", ratios) for r in rows for label, ratios in r['vs_base'].items()]
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(bars)), 5))
     width = 0.8 / len(metrics)
     for i, (key, title) in enumerate(metrics):
