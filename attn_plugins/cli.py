@@ -3,7 +3,7 @@
     attn-plugins train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options K=V ...] [--launcher pytorch]
     attn-plugins test CONFIG CHECKPOINT [--out metrics.json] [--allow-partial-checkpoint] ...
     attn-plugins plan CONFIG [--input-shape H,W] [--json PATH] [--cfg-options K=V ...]
-    attn-plugins viz CONFIG [--checkpoint CKPT] [--image PATH | --sample N] [--out DIR] [--queries X,Y ...]
+    attn-plugins viz CONFIG [--checkpoint CKPT] [--image PATH | --sample N] [--out DIR] [--queries X,Y[,T] ...]
     attn-plugins bench [--suite blocks|seg|train|models] [--paper] [--quick] [--json PATH] [--readme JSON]
 
 train and test need the `seg` (or `det`) extra; tools/train.py and tools/test.py run the same code.
@@ -171,8 +171,9 @@ def add_viz_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     source.add_argument('--image', help='an image file')
     source.add_argument('--sample', type=int, metavar='N', help="sample N of the config's test (else val) dataset")
     parser.add_argument('--out', help='output folder (default work_dirs/viz/<config name>)')
-    parser.add_argument('--queries', nargs='+', metavar='X,Y',
-                        help='query pixels for position / non-local attention (default: centre and two more)')
+    parser.add_argument('--queries', nargs='+', metavar='X,Y[,T]',
+                        help='query pixels for position / non-local attention (default: centre and two more); '
+                             'video: X,Y,T with T an input frame (default: the centre of the middle frame)')
     parser.add_argument('--input-shape', nargs='+', metavar='SIZE',
                         help='H,W an --image is resized to for a model without a test pipeline (timm)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE', help='override config keys')

@@ -286,7 +286,8 @@ def _query_panels(name: str, rows: torch.Tensor, key_grid, queries, num_frames: 
             panels.append(Panel('map', row, f"{name}\nquery ({x:.0f}, {y:.0f})", (x, y)))
             continue
         frames, own = row.shape[0], _feature_frame(query, row.shape[0], num_frames)
-        where = f"query ({x:.0f}, {y:.0f}) of {_frame_name(own, frames, num_frames)}"
+        source = f"frame {query[2]:.0f}" if len(query) > 2 and num_frames else _frame_name(own, frames, num_frames)
+        where = f"query ({x:.0f}, {y:.0f}) of {source}"
         mine = " (query's)"
         titles = [(f"{name}\n{where}\n" if t == 0 else '\n\n') + f"keys of {_frame_name(t, frames, num_frames)}"
                   f"{mine if t == own else ''}: Σ {row[t].sum():.3g}" for t in range(frames)]

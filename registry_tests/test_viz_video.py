@@ -80,6 +80,7 @@ def test_viz_non_local_3d_one_panel_per_frame_is_the_query_row_by_hand():
     shares = [float(s) for s in row.sum((1, 2))]
     assert sum(shares) == pytest.approx(1.0, abs=1e-5)
     assert all(f"Σ {s:.3g}" in p.title for s, p in zip(shares, picture.panels))
+    assert 'query (5, 9) of frame 5' in picture.panels[0].title and "frame 5 (query's)" in picture.panels[2].title
     # default query: the centre of the middle input frame
     assert parse_queries(None, 16, 12, num_frames=6) == [(6.0, 8.0, 3.0)]
 
