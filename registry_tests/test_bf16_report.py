@@ -54,12 +54,14 @@ def test_bf16_attention_errors_match_the_dense_formulas(force_chunks):
 
 @pytest.mark.slow
 def test_trained_toy_danet_predictions_survive_bf16(tmp_path):
-    """The toy DANet trained 20 iterations in fp32: >= 99% of val pixels keep their class under bf16."""
+    """The toy DANet trained 40 iterations in fp32 (it tells 3 classes apart; 12 gave a constant map): >= 99%
+    of val pixels keep their class under bf16, with the attention dense and chunked."""
     data = str(tmp_path / 'toy_cityscapes')
-    load_tool('make_toy_cityscapes').main(['--out', data, '--train', '12', '--val', '6'])
-    runner = report.train_toy(data, str(tmp_path / 'work'), iters=20)
+    load_tool('make_toy_cityscapes').main(['--out', data, '--train', '8', '--val', '3'])
+    runner = report.train_toy(data, str(tmp_path / 'work'), iters=40)
     for chunked in (False, True):
         result = report.prediction_agreement(runner, chunked=chunked)
-        assert result['pixels'] == 6 * 128 * 256
+        assert result['pixels'] == 3 * 128 * 256
+        assert result['classes_predicted'] >= 3, result      # not a constant map, which bf16 could not change
         assert result['unchanged'] >= report.GOAL, result
         assert result['worst_image'] >= 0.98, result

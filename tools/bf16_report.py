@@ -183,6 +183,7 @@ def prediction_agreement(runner, chunked: bool = False) -> dict:
     model.eval()
     same = total = 0
     worst = 1.0
+    classes = set()
     with torch.no_grad(), (forced_chunks(model) if chunked else contextlib.nullcontext()) as blocks:
         if chunked and not blocks:
             raise ValueError(f"prediction_agreement: {type(model).__name__} has no chunked attention to force")
@@ -192,6 +193,7 @@ def prediction_agreement(runner, chunked: bool = False) -> dict:
                 got = model.test_step(batch)
             for r, g in zip(ref, got):
                 a, b = g.pred_sem_seg.data, r.pred_sem_seg.data
+                classes.update(b.unique().tolist())
                 share = unchanged_share(a, b)
                 worst = min(worst, share)
                 same += (a == b).sum().item()
@@ -199,7 +201,7 @@ def prediction_agreement(runner, chunked: bool = False) -> dict:
     # how much the attention weighs in the prediction: PAM's γ starts at 0 and grows with training
     gammas = {name: p.item() for name, p in model.named_parameters() if name.endswith('gamma') and p.numel() == 1}
     return dict(unchanged=same / total, worst_image=worst, pixels=total, goal=GOAL, chunked=chunked,
-                attention_gammas=gammas)
+                classes_predicted=len(classes), attention_gammas=gammas)
 
 
 def main(argv=None) -> int:
