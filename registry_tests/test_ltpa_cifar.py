@@ -194,6 +194,29 @@ def crafted_array(dtype_state, data=bytes(16), shape=(2,), code='V8'):
     return Reduces(_reconstruct, (np.ndarray, (0,), b'b'), (1, shape, dtype, False, data))
 
 
+def test_restricted_unpickler_globals_cannot_be_tampered_with(tmp_path):
+    """BUILD with a slot state on a resolved global would set its attributes for the whole process
+    (a function's defaults, a class's __new__), even in a file that is refused afterwards."""
+    import struct
+    import attn_plugins.datasets.cifar as cifar
+
+    def text(s):
+        return b'X' + struct.pack('<I', len(s)) + s.encode()
+    attacks = {'defaults': b'\x80\x02cnumpy\ndtype\nN}' + text('__defaults__') + b'(\x88K\x00\x88ts\x86b.',
+               'new': b'\x80\x02cnumpy\nndarray\nN}' + text('__new__') + b'cnumpy\ndtype\ns\x86b.'}
+    before = {name: dict(vars(obj)) if hasattr(obj, '__dict__') else None
+              for name, obj in vars(cifar).items() if callable(obj)}
+    for name, raw in attacks.items():
+        path = tmp_path / name
+        path.write_bytes(raw)
+        with pytest.raises(UnsafePickleError, match=re.escape(str(path)) + ': .*may not set the state of a global'):
+            load_cifar_pickle(str(path))
+    after = {name: dict(vars(obj)) if hasattr(obj, '__dict__') else None
+             for name, obj in vars(cifar).items() if callable(obj)}
+    assert after == before
+    assert {fn.__defaults__ for fn in (cifar._checked_dtype,) if hasattr(fn, '__defaults__')} <= {(False, True)}
+
+
 @pytest.mark.parametrize('name', ['field_out_of_bounds', 'object_flag', 'size_mismatch', 'ndarray_called',
                                   'nested_deeply'])
 def test_restricted_unpickler_checks_numpy_states(name, tmp_path):

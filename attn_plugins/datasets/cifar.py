@@ -65,14 +65,34 @@ def _short(value, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + '...'
 
 
-class _NdarrayGlobal:
-    """What the global `numpy.ndarray` resolves to: only `_reconstruct`'s first argument. Called
-    directly (`ndarray(shape, dtype, buffer, offset, strides)`) it would allocate any size, uninitialised
-    or aliased, independently of the file's bytes."""
+class _Global:
+    """A global the restricted unpickler resolves: callable as `fn`, but immutable to the pickle (a
+    BUILD on a global would set attributes of a process-wide object, e.g. a function's defaults)."""
+    __slots__ = ('name', 'fn')
 
-    def __new__(cls, *args, **kwargs):
-        raise UnsafePickleError("numpy.ndarray called directly: CIFAR arrays are only rebuilt by _reconstruct "
-                                "from the bytes the file holds")
+    def __init__(self, name: str, fn):
+        object.__setattr__(self, 'name', name)
+        object.__setattr__(self, 'fn', fn)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __setattr__(self, key, value):
+        raise UnsafePickleError(f"{self.name}: a pickle may not set attributes of a global")
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"{self.name}: a pickle may not set the state of a global (BUILD)")
+
+
+def _ndarray_called(*args):
+    """`numpy.ndarray` is only `_reconstruct`'s first argument. Called directly
+    (`ndarray(shape, dtype, buffer, offset, strides)`) it would allocate any size, uninitialised or
+    aliased, independently of the file's bytes."""
+    raise UnsafePickleError("numpy.ndarray called directly: CIFAR arrays are only rebuilt by _reconstruct "
+                            "from the bytes the file holds")
+
+
+_NDARRAY = _Global('numpy.ndarray', _ndarray_called)
 
 
 class _DtypePlaceholder:
@@ -131,7 +151,7 @@ class _ArrayPlaceholder:
 
 
 def _checked_reconstruct(subtype, shape, dtype_code):
-    if subtype is not _NdarrayGlobal:
+    if subtype is not _NDARRAY:
         raise UnsafePickleError(f"numpy array reconstruction of {subtype!r}: only numpy.ndarray is allowed")
     return _ArrayPlaceholder()
 
@@ -145,10 +165,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     numpy 1.x/2.x name them); builtin containers, numbers and strings need no global. Any other global
     (os.system, builtins.eval, ...) is an `UnsafePickleError` naming `source` and the global."""
     ALLOWED = {
-        ('numpy.core.multiarray', '_reconstruct'): _checked_reconstruct,
-        ('numpy._core.multiarray', '_reconstruct'): _checked_reconstruct,
-        ('numpy', 'ndarray'): _NdarrayGlobal,
-        ('numpy', 'dtype'): _checked_dtype,
+        ('numpy.core.multiarray', '_reconstruct'): _Global('numpy.core.multiarray._reconstruct', _checked_reconstruct),
+        ('numpy._core.multiarray', '_reconstruct'): _Global('numpy._core.multiarray._reconstruct', _checked_reconstruct),
+        ('numpy', 'ndarray'): _NDARRAY,
+        ('numpy', 'dtype'): _Global('numpy.dtype', _checked_dtype),
     }
 
     def __init__(self, file, source: str = '<pickle>'):
@@ -175,6 +195,8 @@ def _resolve_arrays(value, source: str):
         return value.array
     if isinstance(value, _DtypePlaceholder):
         return value.dtype
+    if isinstance(value, _Global):
+        raise UnsafePickleError(f"{source}: holds the global {value.name} itself, not what it builds")
     if isinstance(value, dict):
         if any(isinstance(k, (_ArrayPlaceholder, _DtypePlaceholder)) for k in value):
             raise UnsafePickleError(f"{source}: a numpy object as a dict key")
