@@ -40,6 +40,7 @@ from .mmengine import register_once
 
 NECK_KEY = 'neck'
 BLOCK_KEYS = ('type', 'in_indices')
+NECK_OPTIONS = ('neck', 'blocks', 'in_channels')
 
 
 def _registered_names(registry) -> list[str]:
@@ -148,10 +149,13 @@ class _ApplyAttentionBlocks:
         return (module.attn_blocks.apply_to(args[0]),) + tuple(args[1:])
 
 
-def attention_neck(neck: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]],
-                   in_channels: Sequence[int] | None = None) -> nn.Module:
+def attention_neck(neck: Mapping[str, Any] | None = None, blocks: Sequence[Mapping[str, Any]] | None = None,
+                   in_channels: Sequence[int] | None = None, **unknown) -> nn.Module:
     """Registered as 'AttentionNeck' (see the module docstring): build `neck` through MODELS in the
     current scope, attach `blocks`, return the neck."""
+    for key in unknown:
+        raise ConfigError(f"AttentionNeck.{key}: unknown option{did_you_mean(key, NECK_OPTIONS) or '.'} "
+                          f"AttentionNeck takes {', '.join(NECK_OPTIONS)}")
     if not isinstance(neck, Mapping) or 'type' not in neck:
         raise ConfigError(f"AttentionNeck.neck: expected the config of a neck (a dict with 'type', e.g. FPN), got {neck!r}")
     neck_channels = neck.get('in_channels')
@@ -173,6 +177,10 @@ def attention_neck(neck: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]],
     built, levels, targets = [], [], []
     for idx, spec in enumerate(blocks):
         where = f'AttentionNeck.blocks[{idx}]'
+        if isinstance(spec, Mapping) and 'type' in spec and 'in_indices' not in spec:
+            typo = [k for k in spec if k != 'type' and did_you_mean(k, ['in_indices'])]
+            raise ConfigError(f"{where}: missing 'in_indices' (the backbone outputs the block reads)"
+                              + (f"; {typo[0]!r}: did you mean 'in_indices'?" if typo else ''))
         if not isinstance(spec, Mapping) or 'type' not in spec or 'in_indices' not in spec:
             raise ConfigError(f"{where}: expected a dict with 'type' and 'in_indices', got {spec!r}")
         cls = _block_class(spec['type'], where)
