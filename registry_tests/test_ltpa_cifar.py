@@ -331,6 +331,9 @@ def test_classifier_options_are_checked():
         small_classifier('PayAttentionVG')
     with pytest.raises(attn_plugins.ConfigError, match="model.backbone.aggregaton: unknown option .*aggregation"):
         small_classifier(aggregaton='indep')
+    with pytest.raises(attn_plugins.ConfigError, match=r"model.backbone \(PayAttentionVGG\): compatibility: "
+                       r"expected 'pc' or 'dp', got 'pcc'"):     # a bad value: one line through the tools
+        small_classifier(compatibility='pcc')
 
 
 def test_dataset_and_transforms(small_data):

@@ -465,7 +465,10 @@ class AttentionClassifier(BaseModel):
             if key not in known:
                 raise ConfigError(f"model.backbone.{key}: unknown option for {kind}{did_you_mean(key, known)} "
                                   f"Options: {', '.join(known)}")
-        self.backbone = cls(**options)
+        try:
+            self.backbone = cls(**options)
+        except ValueError as err:       # a bad option value (aggregation, compatibility, ...): name the key
+            raise ConfigError(f"model.backbone ({kind}): {err}") from None
 
     def forward(self, inputs, data_samples=None, mode: str = 'tensor'):
         import torch
