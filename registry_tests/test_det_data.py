@@ -489,3 +489,18 @@ def test_check_detection_data_walks_voc0712_and_coco_configs(toy_coco, toy_voc, 
     without_classes['test_dataloader']['dataset'].pop('metainfo')
     with pytest.raises(AnnotationError, match=r"'person' is not a category of the file"):
         check_detection_data(without_classes)
+
+
+@pytest.mark.parametrize('tool, argv, message', [
+    ('make_toy_coco', ['--train', '0'], 'num_train and num_val must be >= 1'),
+    ('make_toy_coco', ['--sides', '200', '100'], 'sides must be (min, max)'),
+    ('make_toy_voc', ['--voc2012', '1'], 'voc2012_trainval must be >= 2'),
+])
+def test_generator_bad_arguments_are_one_line_usage_errors(tool, argv, message, tmp_path, capsys):
+    import importlib
+    main = importlib.import_module(f'tools.{tool}').main
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--out', str(tmp_path / 'out'), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and ': error: ' in err[-1] and message in err[-1]
+    assert not (tmp_path / 'out').exists()

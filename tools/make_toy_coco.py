@@ -325,7 +325,10 @@ def main(argv=None) -> int:
                         help='image width and height are drawn from [MIN, MAX]')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    paths = make_toy_coco(args.out, args.train, args.val, args.seed, tuple(args.sides))
+    try:
+        paths = make_toy_coco(args.out, args.train, args.val, args.seed, tuple(args.sides))
+    except ValueError as err:
+        parser.error(str(err))
     counts = {}
     for split, path in paths.items():
         with open(path) as f:

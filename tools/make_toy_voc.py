@@ -144,7 +144,10 @@ def main(argv=None) -> int:
     parser.add_argument('--sides', type=int, nargs=2, default=SIDES, metavar=('MIN', 'MAX'))
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    sets = make_toy_voc(args.out, *args.voc2007, args.voc2012, seed=args.seed, sides=tuple(args.sides))
+    try:
+        sets = make_toy_voc(args.out, *args.voc2007, args.voc2012, seed=args.seed, sides=tuple(args.sides))
+    except ValueError as err:
+        parser.error(str(err))
     print(f"[toy voc] wrote VOC2007 trainval {len(sets['VOC2007']['trainval'])} / test {len(sets['VOC2007']['test'])}"
           f" and VOC2012 trainval {len(sets['VOC2012']['trainval'])} images to {os.path.join(args.out, 'VOCdevkit')}")
     return 0
