@@ -109,6 +109,7 @@ def _resume_checkpoint(resume: str, work_dir: str) -> str:
 
 
 USER_ERRORS = (ConfigError, OSError)
+UNKNOWN_OPTION = re.compile(r"^\w+\.__init__\(\) got an unexpected keyword argument '\w+'$")
 
 
 def run_tool(prog: str, fn, *args, **kwargs) -> int:
@@ -120,6 +121,13 @@ def run_tool(prog: str, fn, *args, **kwargs) -> int:
     except USER_ERRORS as err:
         _destroy_process_group()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except TypeError as err:        # a config key the class does not take, met when the Runner builds lazily
+        if not UNKNOWN_OPTION.search(str(err)):          # (datasets, metrics, hooks at train/test time)
+            _destroy_process_group()
+            raise
+        _destroy_process_group()
+        print(f"{prog}: error: {err}; check the config keys (and --cfg-options) of that class", file=sys.stderr)
         return 2
     except BaseException:
         _destroy_process_group()

@@ -394,6 +394,16 @@ def test_tools_report_a_malicious_cifar_file_in_one_line(small_data, tmp_path, c
     assert len(err) == 1 and 'data_batch_4: refusing to load the global posix.system' in err[0]
 
 
+def test_tools_report_a_dataset_key_typo_in_one_line(small_data, tmp_path, capsys):
+    """Datasets are built when training starts (not with the Runner): a key they do not take is
+    still one line and status 2, naming the class and the key."""
+    status = tool('train').main([TOY_ATT3, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                                 *data_options(small_data), 'train_dataloader.dataset.data_rot=x', 'log_level=WARNING'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert "CifarDataset.__init__() got an unexpected keyword argument 'data_rot'; check the config keys" in err[0]
+
+
 @pytest.mark.parametrize('config', [c for c in TOY if c != TOY_ATT3], ids=os.path.basename)
 def test_other_toy_configs_train_and_evaluate(config, small_data, tmp_path):
     """(The VGG-att3 CIFAR-10 toy trains in the resume and learning tests.)"""
