@@ -504,3 +504,30 @@ def test_generator_bad_arguments_are_one_line_usage_errors(tool, argv, message, 
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and ': error: ' in err[-1] and message in err[-1]
     assert not (tmp_path / 'out').exists()
+
+
+def test_coco_metric_file_with_images_the_dataset_lacks_is_an_error(toy_coco, tmp_path):
+    """CocoMetric scores every image of its own ann_file: one the dataset lacks (e.g. only the
+    dataset's data_root or ann_file overridden) counts all its objects as missed, without a word."""
+    val = os.path.join(toy_coco, 'annotations', 'instances_val2017.json')
+    data = load(toy_coco, 'val')
+    fewer = dict(data, images=data['images'][:-2])
+    kept = {i['id'] for i in fewer['images']}
+    fewer['annotations'] = [a for a in data['annotations'] if a['image_id'] in kept]
+    subset = str(tmp_path / 'instances_val_subset.json')
+    json.dump(fewer, open(subset, 'w'))
+    coco = dict(type='CocoDataset', data_root=toy_coco, ann_file=subset, data_prefix=dict(img='val2017/'),
+                metainfo=dict(classes=CLASSES), pipeline=COCO_TEST_PIPELINE)
+    # mmdet: predictions perfect for every image the dataset has, yet the mAP is below 1
+    perfect = [s for s in perfect_coco_predictions(toy_coco) if s['img_id'] in kept]
+    assert coco_metric(toy_coco, perfect)['coco/bbox_mAP'] < 0.95
+    cfg = dict(val_dataloader=dict(dataset=coco), val_evaluator=dict(type='CocoMetric', ann_file=val, metric='bbox'))
+    with pytest.raises(AnnotationError, match=rf"val_evaluator\.ann_file {val!r} .* 2 of its {len(data['images'])} "
+                                              r"images are not in val_dataloader's dataset"):
+        check_detection_data(cfg)
+    cfg['val_evaluator']['format_only'] = True                 # no scores computed: nothing to check
+    assert check_detection_data(cfg) == 2
+    cfg['val_evaluator'] = dict(type='CocoMetric', ann_file=subset, metric='bbox')       # the same images
+    assert check_detection_data(cfg) == 2
+    cfg['val_dataloader']['dataset'] = dict(coco, ann_file=val)                           # a superset: pycocotools fails loudly
+    assert check_detection_data(cfg) == 2

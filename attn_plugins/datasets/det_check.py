@@ -23,6 +23,9 @@ COCO (`check_coco_file`)
   of zero width or height or an area of 0 is not an error: CocoDataset drops it from training
   (its documented filter); negative sizes are an error.
 - A file without `annotations` (an image-info file such as COCO's test-dev) passes.
+- A CocoMetric `ann_file` other than its dataset's, with images the dataset lacks: CocoMetric
+  scores every image of its own file, so those images' objects all count as missed -> error
+  (unless `format_only`).
 
 VOC (`check_voc_split`)
 - An object whose name is not a class of the config nor of VOC: VOCDataset skips it without a
@@ -377,7 +380,7 @@ def check_detection_data(cfg, loaders: Sequence[str] = ('train_dataloader', 'val
         loader_cfg = cfg.get(loader)
         if not isinstance(loader_cfg, dict):
             continue
-        coco_classes = None
+        coco_classes, coco_files = None, []
         for ds in _datasets(loader_cfg.get('dataset')):
             kind = _plain_type(ds)
             if kind not in ('CocoDataset', 'VOCDataset') or '://' in str(ds.get('ann_file', '')):
@@ -391,6 +394,7 @@ def check_detection_data(cfg, loaders: Sequence[str] = ('train_dataloader', 'val
                 img_dir = _join(root, prefix.get('img', prefix.get('img_path', '')))
                 check_coco_file(ann_file, classes, img_dir, _loads_masks(ds.get('pipeline')))
                 coco_classes = classes
+                coco_files.append(ann_file)
             else:
                 check_voc_split(ann_file, _join(root, prefix.get('sub_data_root', '')), classes,
                                 _default_classes(kind), ds.get('img_subdir', 'JPEGImages'),
@@ -401,5 +405,29 @@ def check_detection_data(cfg, loaders: Sequence[str] = ('train_dataloader', 'val
             if (isinstance(metric, dict) and _plain_type(metric) == 'CocoMetric' and metric.get('ann_file')
                     and '://' not in str(metric['ann_file']) and coco_classes is not None):
                 check_coco_file(metric['ann_file'], coco_classes)
+                if not metric.get('format_only'):
+                    _check_scored_images(metric['ann_file'], coco_files, LOADER_EVALUATORS[loader], loader)
                 checked += 1
     return checked
+
+
+def _image_ids(ann_file: str) -> frozenset:
+    def read():
+        with open(ann_file) as f:
+            return frozenset(img['id'] for img in json.load(f)['images'])
+    return _cached((ann_file, 'image ids'), read)
+
+
+def _check_scored_images(metric_file: str, dataset_files: Sequence[str], key: str, loader: str) -> None:
+    """CocoMetric scores every image of its own file: one the dataset lacks gets no prediction and
+    all its objects count as missed (mmdet says nothing)."""
+    if any(os.path.realpath(metric_file) == os.path.realpath(f) for f in dataset_files):
+        return
+    scored = _image_ids(metric_file)
+    missing = scored - frozenset().union(*(_image_ids(f) for f in dataset_files))
+    if missing:
+        raise AnnotationError(
+            f"{key}.ann_file {metric_file!r} is not the file of {loader}'s dataset ({', '.join(dataset_files)}): "
+            f"{len(missing)} of its {len(scored)} images are not in {loader}'s dataset (e.g. image id "
+            f"{sorted(missing, key=str)[0]}); CocoMetric would count all their objects as missed. Point "
+            f"{key}.ann_file at the dataset's annotation file (or set format_only)")
