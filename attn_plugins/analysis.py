@@ -8,7 +8,9 @@ whatever the model), so nothing a block computes is free:
            numbers mmengine.analysis gives for those operators
     other  the operators mmengine.analysis skips or counts elsewhere, one per element:
            element-wise arithmetic and activations (add, mul, div, sigmoid, relu, exp, ...) one
-           per output element; reductions (mean, sum, amax, ...) one per input element;
+           per output element (addcmul, addcdiv 2: product and sum; lerp 3: difference, product,
+           sum); reductions (mean, sum, amax, ...) one per input element (norm 2: the powers and
+           their sum; var, std 4: the mean, the deviations, their squares and their sum);
            softmax 5 per element (max, subtract, exp, sum, divide); norms as mmengine counts
            them (batch norm 2 per element in eval with affine, 5 when training; group/layer
            norm 5); bilinear resize 4 per output element, nearest 1; pools one per window
@@ -46,6 +48,9 @@ _ELEMENTWISE = {
     'addcdiv', 'lerp', 'where', 'erf', 'log2', 'log10', 'log1p', 'expm1', 'sin', 'cos', 'floor_divide', 'remainder', 'maximum', 'minimum'}
 _REDUCTIONS = {'sum', 'mean', 'amax', 'amin', 'max', 'min', 'var', 'std', 'var_mean', 'std_mean', 'prod',
                'logsumexp', 'norm', 'linalg_vector_norm', 'cumsum', 'argmax', 'argmin'}
+# element-wise ops and reductions that are several ops per element (the rest are one)
+_OPS_PER_ELEMENT = {'addcmul': 2, 'addcdiv': 2, 'lerp': 3, 'norm': 2, 'linalg_vector_norm': 2,
+                    'var': 4, 'std': 4, 'var_mean': 4, 'std_mean': 4}
 _SOFTMAX = {'_softmax', '_log_softmax', 'softmax', 'log_softmax'}
 _BATCH_NORM = {'native_batch_norm', '_native_batch_norm_legit', '_native_batch_norm_legit_no_training',
                '_batch_norm_with_update', '_batch_norm_no_update', 'batch_norm'}
@@ -105,9 +110,9 @@ def op_cost(name: str, args: tuple, kwargs: dict, out) -> tuple[int, int] | None
     if name in _MATVEC:                     # matrix x vector, vector . vector: one multiply-add per matrix element
         return math.prod((args[1] if name == 'addmv' else args[0]).shape), 0
     if name in _ELEMENTWISE:
-        return 0, _numel(result) or _numel(first)
+        return 0, (_numel(result) or _numel(first)) * _OPS_PER_ELEMENT.get(name, 1)
     if name in _REDUCTIONS:
-        return 0, _numel(first)
+        return 0, _numel(first) * _OPS_PER_ELEMENT.get(name, 1)
     if name in _SOFTMAX:
         return 0, SOFTMAX_FLOPS_PER_ELEMENT * _numel(first)
     if name in _BATCH_NORM:
@@ -137,11 +142,12 @@ def op_cost(name: str, args: tuple, kwargs: dict, out) -> tuple[int, int] | None
 class OpCount:
     """FLOPs of one forward: the whole model (`total`) and per attention block (`blocks`, keyed by
     module path), each a Counter with 'macs' and 'other'; `calls` per block; operators not in the
-    tables in `uncounted` (name -> calls)."""
+    tables in `uncounted` (name -> calls), those of them run inside a block in `uncounted_in_blocks`."""
     total: Counter = field(default_factory=Counter)
     blocks: dict = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
     uncounted: Counter = field(default_factory=Counter)
+    uncounted_in_blocks: Counter = field(default_factory=Counter)
 
 
 class _Counter(TorchDispatchMode):
@@ -159,6 +165,8 @@ class _Counter(TorchDispatchMode):
         cost = op_cost(name, args, kwargs, out)
         if cost is None:
             self.count.uncounted[name] += 1
+            if self.active:
+                self.count.uncounted_in_blocks[name] += 1
             return out
         macs, other = cost
         if macs or other:

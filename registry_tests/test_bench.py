@@ -46,6 +46,19 @@ def test_gate_flops_match_a_hand_count_for_se_and_cbam():
         assert cost['flops_mmengine'] == 2 * b * 2 * c * r + b * hw * 2 * 49 + 2 * b * hw
 
 
+def test_gate_flops_of_a_peer_block_from_the_shared_list():
+    """mmcv's GC block (in attn_plugins.analysis.PEER_BLOCKS): softmax over positions (5 per
+    element), ReLU, the residual add; mmengine counts the convs, the context matmul and LayerNorm."""
+    from mmcv.cnn.bricks.context_block import ContextBlock
+    b, c, h, w = 2, 16, 5, 6
+    hw, n, planes = h * w, b * c * h * w, 4
+    cost = bench_flops.complexity(nn.Sequential(ContextBlock(c, 1 / 4)), (torch.randn(b, c, h, w),))
+    assert cost['flops_gates'] == 5 * b * hw + b * planes + n and cost['uncounted'] == {}
+    # mask conv (c -> 1), context matmul, conv c -> planes, LayerNorm with affine (5), conv planes -> c
+    assert cost['flops_mmengine'] == b * hw * c + b * c * hw + b * c * planes + 5 * b * planes + b * planes * c
+    assert list(cost['blocks']) == ['0'] and cost['blocks']['0']['type'] == 'ContextBlock'
+
+
 def test_gates_counted_inside_blocks_only_and_unknown_ops_listed():
     """In a whole SE-ResNet only the SE blocks are counted (not the host's ReLUs or residual sums);
     an op the counter does not know is listed, not dropped."""
@@ -58,12 +71,12 @@ def test_gates_counted_inside_blocks_only_and_unknown_ops_listed():
                 for i, ((blocks, ch), s) in enumerate(zip(stages, sides)) for j in range(blocks)}
     assert gates['by_block'] == expected and gates['total'] == sum(expected.values())
 
-    class ErfGate(nn.Module):
+    class AtanGate(nn.Module):       # atan: in none of attn_plugins.analysis' tables
         def forward(self, z):
-            return torch.erf(z)
-    cost = bench_flops.complexity(nn.Sequential(attn_plugins.modules.SE(32, gate=ErfGate())),
-                                  (torch.randn(1, 32, 4, 4),))
-    assert cost['uncounted'] == {'erf': 1}
+            return torch.atan(z)
+    model = nn.Sequential(nn.Hardshrink(), attn_plugins.modules.SE(32, gate=AtanGate()))
+    cost = bench_flops.complexity(model, (torch.randn(1, 32, 4, 4),))
+    assert cost['uncounted'] == {'atan': 1}      # the host's hardshrink (unknown too) is outside the blocks
 
 
 def test_paper_parameter_counts_are_exact():

@@ -150,6 +150,22 @@ def test_non_local_concatenation_products_all_counted():
     assert count.blocks['nl']['macs'] == 3 * n * c * ci + n * ci * c + 2 * n * ci + ci * n * n
 
 
+def test_compound_ops_cost_their_parts():
+    """addcmul / addcdiv: product and sum (2 per element); lerp: difference, product, sum (3);
+    norm: powers and sum (2 per input element); var / std: mean, deviations, squares, sum (4);
+    baddbmm: its multiply-adds only (its add, like addmm's bias, is not counted, as in mmengine)."""
+    a, b, t = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    n = a.numel()
+    cases = {'addcmul': (lambda: torch.addcmul(a, b, t), 2 * n), 'addcdiv': (lambda: torch.addcdiv(a, b, t), 2 * n),
+             'lerp': (lambda: torch.lerp(a, b, 0.5), 3 * n), 'norm': (lambda: a.norm(dim=-1), 2 * n),
+             'var': (lambda: a.var(-1), 4 * n), 'std': (lambda: a.std((1, 2)), 4 * n)}
+    for name, (run, other) in cases.items():
+        count, _ = count_flops(run)
+        assert (count.total['macs'], count.total['other']) == (0, other) and count.uncounted == {}, name
+    count, _ = count_flops(lambda: torch.baddbmm(torch.randn(3, 4, 6), a, torch.randn(3, 5, 6)))
+    assert (count.total['macs'], count.total['other']) == (3 * 4 * 5 * 6, 0)
+
+
 def test_gates_softmax_and_norms_are_not_free():
     """'other' by hand for CBAM, PAM and NonLocal (eval): pools, gates, softmax (5 per element),
     BN (2 per element), residual adds; 'macs' as mmengine counts them."""

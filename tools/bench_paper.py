@@ -215,8 +215,9 @@ def image_rows(flops: bool, progress=None) -> list[dict]:
             counted = mmengine_flops(model, (x,))
             ours['mmengine'], ours['macs_v15'] = counted['total'] / 1e9, counted['macs'] / 1e9
             resnet_v1(model)
-            ours['macs_v1'] = mmengine_flops(model, (x,))['macs'] / 1e9
-            ours['macs_v1_gates'] = ours['macs_v1'] + gate_flops(model, (x,))['total'] / 1e9
+            counted_v1 = mmengine_flops(model, (x,))
+            ours['macs_v1'] = counted_v1['macs'] / 1e9
+            ours['macs_v1_gates'] = ours['macs_v1'] + gate_flops(model, (x,), counted_v1)['total'] / 1e9
         for source, paper_params, paper_gflops in PAPER[name]:
             row = dict(model=name, source=source, input='1x3x224x224', paper_params_m=paper_params,
                        paper_gflops=paper_gflops, ours=ours, ours_params_m=ours['params_m'])
