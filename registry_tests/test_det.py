@@ -36,6 +36,10 @@ EXPECTED = {
     'danet-c5': ('DualAttention', ['neck.attn_blocks.0'], [2048]),
     'gcb-r16': ('ContextBlock', [f'backbone.{b}.context_block' for b in R50_BLOCKS], None),
     'nonlocal-res4': ('NonLocal', [f'backbone.{b}.non_local' for b in RES4_BLOCKS], [1024] * 6),
+    # the non-local paper's 5-block layout: res3 blocks 1, 3 and res4 blocks 1, 3, 5
+    'nonlocal-res34': ('NonLocal', ['backbone.layer2.1.attn_non_local', 'backbone.layer2.3.attn_non_local',
+                                    'backbone.layer3.1.attn_non_local', 'backbone.layer3.3.attn_non_local',
+                                    'backbone.layer3.5.attn_non_local'], [512, 512, 1024, 1024, 1024]),
     'nl2d-res4': ('NonLocal2d', [f'backbone.{b}.nonlocal_block' for b in RES4_BLOCKS], [1024] * 6),
     'gen-attn-0010-res4': ('GeneralizedAttention', [f'backbone.{b}.gen_attention_block' for b in RES4_BLOCKS],
                            [1024] * 6),
