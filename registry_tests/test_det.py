@@ -44,12 +44,17 @@ EXPECTED = {
     'gen-attn-0010-res4': ('GeneralizedAttention', [f'backbone.{b}.gen_attention_block' for b in RES4_BLOCKS],
                            [1024] * 6),
 }
+# timm ConvNeXt-T (depths 3-3-9-3) through TimmBackbone: CBAM before the drop_path of every block
+CONVNEXT_T_BLOCKS = [(stage, block, width) for stage, (depth, width) in enumerate(zip((3, 3, 9, 3), (96, 192, 384, 768)))
+                     for block in range(depth)]
+EXPECTED['convnext-tiny-cbam'] = ('CBAM', [f'backbone.timm_model.stages_{s}.blocks.{b}.drop_path.attn_cbam'
+                                           for s, b, _ in CONVNEXT_T_BLOCKS], [w for _, _, w in CONVNEXT_T_BLOCKS])
 R50_WIDTHS = {'layer1': 256, 'layer2': 512, 'layer3': 1024, 'layer4': 2048}
 
 
 def variant_of(path: str) -> str:
     name = os.path.basename(path)
-    return re.match(r'[a-z-]+_r50[-_](.+?)(?:_fpn|-fpn)_', name).group(1)
+    return re.match(r'[a-z-]+_(?:r50[-_]|timm-)(.+?)(?:_fpn|-fpn)_', name).group(1)
 
 
 def tool(name):
@@ -102,6 +107,15 @@ def plain_state(base: str) -> dict:
     return _BASE_STATES[base]
 
 
+def plain_timm_state(cfg) -> dict:
+    """State dict of `cfg`'s detector on the same timm backbone without its plugins."""
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.plugins = None
+    model = build_detector(model_cfg)
+    assert not attention_modules(model)
+    return randomize(model).state_dict()
+
+
 @pytest.mark.parametrize('config', FULL, ids=os.path.basename)
 def test_full_config_builds_with_its_blocks_and_loads_the_plain_checkpoint(config):
     cfg = load_config(config)
@@ -121,7 +135,7 @@ def test_full_config_builds_with_its_blocks_and_loads_the_plain_checkpoint(confi
     else:
         assert cfg.val_evaluator.type == 'CocoMetric' and cfg.train_cfg.max_epochs == 12
     # the plain detector's checkpoint: every key fits, only the blocks' own keys are missing
-    plain = plain_state(base_config_of(config))
+    plain = plain_state(base_config_of(config)) if cfg.model.backbone.type != 'TimmBackbone' else plain_timm_state(cfg)
     result = model.load_state_dict(plain, strict=False)
     # (BN's num_batches_tracked is filled in by torch when absent, never reported missing)
     block_keys = {k for k in model.state_dict() if any(k.startswith(p + '.') for p in paths)
@@ -247,7 +261,8 @@ def test_mmengine_reads_every_det_config_as_our_loader_does():
     for config in FULL + TOY:
         load(config, file_format='yaml')            # mmengine's YAML reading, as in Config.fromfile
     for name in ('toy/faster-rcnn_r50-cbam_fpn_toy-coco.yaml', 'toy/faster-rcnn_r50-se_fpn_toy-voc.yaml',
-                 'toy/mask-rcnn_r50_danet-c5-fpn_toy-coco.yaml', 'faster-rcnn_r50-nonlocal_fpn_1x_coco.yaml'):
+                 'toy/mask-rcnn_r50_danet-c5-fpn_toy-coco.yaml', 'faster-rcnn_r50-nonlocal_fpn_1x_coco.yaml',
+                 'toy/faster-rcnn_timm-convnext-tiny-cbam_fpn_toy-coco.yaml'):
         config = os.path.join(ROOT, 'configs', 'det', name)
         theirs = _without_scope(Config.fromfile(config).to_dict())
         assert theirs == _without_scope(load_config(config).to_dict()), name
