@@ -67,8 +67,9 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         _prepare_cpu_distributed(cfg)
     if str(cfg.filename).endswith(('.yaml', '.yml')):
         # The Runner dumps the resolved config into the work dir in the format of its name; a
-        # YAML dump would hold `!!python/tuple` tags (OpenMMLab needs tuples), which no safe
-        # loader reads back. Unnamed, it is dumped as <timestamp>.py, mmengine's own format.
+        # YAML dump would hold `!!python/tuple` tags (OpenMMLab needs tuples), which our loader
+        # (attn_plugins.config) reads back but plain yaml.safe_load does not. Unnamed, it is dumped
+        # as <timestamp>.py, mmengine's own format.
         from mmengine.config import Config
         cfg.experiment_name = cfg.get('experiment_name') or name     # mmengine derives it from the filename
         cfg = Config(cfg.to_dict())
