@@ -72,8 +72,11 @@ def test_cuda_matches_cpu_in_training(name, chunked, monkeypatch):
 
 
 def _relative(a, b):
+    """||a - b|| / ||b||: a max-norm would be decided by the few positions where a ReLU flips between
+    precisions (SpatialWeights' input gradient under bf16: max 0.19 on an H200 against 0.004 on the
+    CPU, with outputs within 0.009 and 0.006 of fp32)."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-6)
+    return (a - b).norm().item() / max(b.norm().item(), 1e-12)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
