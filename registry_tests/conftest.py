@@ -1,6 +1,8 @@
 import os
 import warnings
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -57,3 +59,23 @@ def randomize(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
             elif name.endswith('running_mean'):
                 b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
     return module
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without_scope(value):
+    """mmengine marks the dicts of package bases with `_scope_`; our loader leaves that to the runner."""
+    if isinstance(value, dict):
+        return {k: without_scope(v) for k, v in value.items() if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_scope(v) for v in value)
+    return value

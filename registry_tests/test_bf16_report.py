@@ -1,7 +1,6 @@
 """tools/bf16_report.py: the error metric and the unchanged-prediction share, and (slow) a toy DANet
 trained in fp32 keeps >= 99% of its val predictions under CPU bf16 autocast, with the attention
 dense and with the chunked path forced; our bf16 attention errors are those of the dense formula."""
-import importlib.util
 import os
 
 import pytest
@@ -10,11 +9,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool  # noqa: E402
 
 
 report = load_tool('bf16_report')

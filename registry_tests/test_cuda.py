@@ -124,6 +124,18 @@ def test_cuda_concat_gradcheck_multichunk_float64():
     assert torch.autograd.gradcheck(lambda x, y, z: chunked_concat_attention(x, y, z, chunk=5), (a, b, v))
 
 
+def _training_step_extra_memory(block, shape, dtype):
+    """Peak CUDA memory of one training step beyond what was allocated before it, and the input."""
+    x = torch.randn(*shape, device=CUDA, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        block(x).float().square().mean().backward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, x
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
 def test_cuda_position_attention_training_memory_is_bounded(dtype):
     """PAM on 1x128x128x256 (N = 32768): a dense score map is 32768² x 4 B = 4 GiB per copy in fp32;
@@ -131,16 +143,8 @@ def test_cuda_position_attention_training_memory_is_bounded(dtype):
     chunks are 64M scores: 256 MiB in fp32)."""
     from attn_plugins.modules import PositionAttention
     block = zoo.activate(PositionAttention(128)).to(CUDA).train()
-    x = torch.randn(1, 128, 128, 256, device=CUDA, requires_grad=True)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        block(x).float().square().mean().backward()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
-    one_map = 32768 ** 2 * 4
-    assert extra < 0.2 * one_map, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 4096 MiB)'
+    extra, x = _training_step_extra_memory(block, (1, 128, 128, 256), dtype)
+    assert extra < 0.2 * 32768 ** 2 * 4, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 4096 MiB)'
     assert torch.isfinite(x.grad).all()
 
 
@@ -168,14 +172,7 @@ def test_cuda_non_local_training_memory_is_bounded(dtype):
     """NonLocal (Ck = Cv: SDPA's fused kernels on CUDA) on 1x128x128x128: far below one dense map."""
     from attn_plugins.modules import NonLocal
     block = zoo.activate(NonLocal(128)).to(CUDA).train()
-    x = torch.randn(1, 128, 128, 128, device=CUDA, requires_grad=True)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        block(x).float().square().mean().backward()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
+    extra, _ = _training_step_extra_memory(block, (1, 128, 128, 128), dtype)
     assert extra < 0.25 * 16384 ** 2 * 4, f'peak {extra / 2**20:.0f} MiB beyond the inputs (one dense map: 1024 MiB)'
 
 

@@ -5,7 +5,6 @@ CBAM learns; resolved configs round-trip through YAML; the AttentionNeck wrapper
 init); SE / CBAM as mmdet ResNet plugins compute the block on the conv3 output."""
 import copy
 import glob
-import importlib.util
 import os
 import re
 
@@ -57,11 +56,7 @@ def variant_of(path: str) -> str:
     return re.match(r'[a-z-]+_(?:r50[-_]|timm-)(.+?)(?:_fpn|-fpn)_', name).group(1)
 
 
-def tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool as tool  # noqa: E402
 
 
 def build_detector(model_cfg):
@@ -243,13 +238,7 @@ def test_resolved_det_config_round_trips_through_mmengine_yaml(tmp_path):
         assert all(isinstance(t['scale'], tuple) for t in scale)
 
 
-def _without_scope(value):
-    """mmengine marks the dicts of package bases with `_scope_`; our loader leaves that to the runner."""
-    if isinstance(value, dict):
-        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_scope(v) for v in value)
-    return value
+from conftest import without_scope as _without_scope  # noqa: E402
 
 
 def test_mmengine_reads_every_det_config_as_our_loader_does():

@@ -4,7 +4,6 @@ configs/det/toy config and generated COCO data (--cfg-options, --resume continui
 our YAML, the demo's detection part, and malformed annotation files stopped before training
 with one line naming the file and the annotation."""
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -26,12 +25,7 @@ VOC_CFG = os.path.join(ROOT, 'configs', 'det', 'toy', 'faster-rcnn_r50-se_fpn_to
 pytestmark = pytest.mark.slow
 
 
-def tool(name):
-    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool as tool  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,6 @@ channels, leave-one-person-out split, clear errors on malformed files), the angu
 hand cases, the model (AlexNet and timm backbones, spatial weights applied as in the paper), the
 mmengine model / dataset / metric, and a toy run through tools/train.py + tools/test.py that
 ends well below the mean-gaze predictor."""
-import importlib.util
 import json
 import math
 import os
@@ -30,12 +29,7 @@ NARROW = dict(backbone='resnet18', backbone_kwargs=dict(channels=(16, 32, 64, 12
               hidden_channels=64)
 
 
-def tool(name):
-    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool as tool  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 generator's Python 2 cPickle streams, the mmengine classifier / dataset / transforms / metric, and
 the toy configs trained and evaluated with tools/train.py and tools/test.py."""
 import glob
-import importlib.util
 import json
 import os
 import pickle
@@ -25,12 +24,7 @@ TOY_ATT3 = os.path.join(ROOT, 'configs', 'ltpa', 'toy', 'vgg-att3-concat-pc_toy-
 NUMPY_GLOBALS = {'numpy.core.multiarray _reconstruct', 'numpy ndarray', 'numpy dtype'}
 
 
-def tool(name):
-    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool as tool  # noqa: E402
 
 
 def generate(out, train, test, dataset='both'):

@@ -2,7 +2,6 @@
 IoUMetric and reloads its checkpoint strictly; toy models learn; resume continues exactly; DDP on
 gloo; checkpoint converters; the tools as a user runs them (clear errors, paths from the cwd)."""
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
@@ -25,12 +24,7 @@ DEMO = os.path.join(ROOT, 'configs', 'seg', 'toy', 'cbam_danet_r50-d8_toy.yaml')
 CONVNEXT = next(p for p in TOY if 'convnext' in p)
 
 
-def tool(name):
-    """tools/<name>.py as a module (its main(argv) is what the command line runs)."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', os.path.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool as tool  # noqa: E402
 
 
 @pytest.fixture(scope='session')

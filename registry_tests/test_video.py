@@ -123,13 +123,7 @@ def test_toy_classes_need_motion(toy_data):
     assert per_frame_accuracy <= 0.35
 
 
-def _without_scope(value):
-    """mmengine marks the dicts of package bases with `_scope_`; our loader leaves that to the runner."""
-    if isinstance(value, dict):
-        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_scope(v) for v in value)
-    return value
+from conftest import without_scope as _without_scope  # noqa: E402
 
 
 @pytest.mark.parametrize('config', FULL + TOY, ids=os.path.basename)
