@@ -57,9 +57,9 @@ def test_reader_on_generated_cifar10_and_cifar100(small_data):
 
     fine = read_cifar(small_data, 'cifar100', 'train', 'fine')
     coarse = read_cifar(small_data, 'cifar100', 'train', 'coarse')
-    assert len(fine.classes) == 100 and len(coarse.classes) == 20 and fine.classes[7] == 'hue01_triangle'
+    assert len(fine.classes) == 100 and len(coarse.classes) == 20 and fine.classes[17] == 'disk_with_tee'
     assert np.array_equal(fine.images, coarse.images)
-    assert np.array_equal(coarse.labels, fine.labels // 5)         # the toy's fine class c: hue c // 5
+    assert np.array_equal(coarse.labels, fine.labels // 5)         # CIFAR-100's 5 fine classes per coarse one
     assert fine.labels.max() < 100 and len(fine) == 100
     with pytest.raises(attn_plugins.ConfigError, match="label_type: cifar10 has \\['fine'\\]"):
         read_cifar(small_data, 'cifar10', 'train', 'coarse')
@@ -414,8 +414,8 @@ def test_other_toy_configs_train_and_evaluate(config, small_data, tmp_path):
 @pytest.mark.slow
 def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
     """tools/train.py on the generator's default 1000 CIFAR-10 images (the toy config as shipped),
-    tools/test.py on its 200: the top-1 error ends far below that of always predicting the majority
-    class (about 31 against 90)."""
+    tools/test.py on its 200: the top-1 error ends well below that of always predicting the majority
+    class (68 against 90 in our run: the class is the shape of one object among clutter of its colour)."""
     data = str(tmp_path / 'toy_cifar')
     assert tool('make_toy_cifar').main(['--out', data, '--dataset', 'cifar10']) == 0
     work = tmp_path / 'work'
@@ -428,7 +428,24 @@ def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
     labels = read_cifar(data, 'cifar10', 'test').labels
     majority_error = 100 * (1 - np.bincount(labels).max() / len(labels))
     assert majority_error == pytest.approx(90)
-    assert metrics['top1_error'] < majority_error - 40, metrics
+    assert metrics['top1_error'] < majority_error - 15, metrics
+
+
+
+def test_toy_colour_statistics_do_not_tell_the_classes_apart(tmp_path):
+    """The toy's class is a shape, not a colour: a nearest-centroid classifier on each image's
+    per-channel means and standard deviations stays near chance (10%) on CIFAR-10, fine and coarse CIFAR-100 too."""
+    data = generate(tmp_path / 'toy', 1000, 500)
+    for dataset, label_type, chance in (('cifar10', 'fine', 0.1), ('cifar100', 'coarse', 0.05)):
+        splits = [read_cifar(data, dataset, split, label_type) for split in ('train', 'test')]
+        features = [np.concatenate([s.images.reshape(len(s), -1, 3).mean(1), s.images.reshape(len(s), -1, 3).std(1)],
+                                   1) for s in splits]
+        mean, std = features[0].mean(0), features[0].std(0)
+        train, test = [(f - mean) / std for f in features]
+        centroids = np.stack([train[splits[0].labels == c].mean(0) for c in range(len(splits[0].classes))])
+        predicted = np.linalg.norm(test[:, None] - centroids[None], axis=2).argmin(1)
+        accuracy = float((predicted == splits[1].labels).mean())
+        assert accuracy < 2 * chance, (dataset, accuracy)
 
 
 def test_resume_with_the_tools_continues_exactly(small_data, tmp_path):

@@ -9,9 +9,11 @@ OUT/cifar-100-python/{train, test, meta}: byte for byte the pickle stream Python
 opcodes, numpy arrays through `numpy.core.multiarray._reconstruct`), which Python 3's pickler cannot
 produce (it writes bytes as `_codecs.encode` calls in protocol 2).
 
-Images: each 32x32 image shows one object (square, disk, triangle, cross or ring, 9-15 px, anywhere)
-on a noisy grey background. CIFAR-10 class c = the object's hue (10 hues; the shape is random);
-CIFAR-100 fine class c = hue c // 5 (20 hues, the coarse label) and shape c % 5. Labels are balanced.
+Images: each 32x32 image shows one object (one of ten SHAPES, 12-16 px, anywhere) among 3-5 clutter
+bars (1 px wide, 3-7 px long) on a noisy grey background, object and clutter in one random hue per image, so colour
+says nothing about the class: a model has to find the object and tell its shape. CIFAR-10 class c =
+SHAPES[c]; CIFAR-100 fine class c = a large object SHAPES[c // 10] (12-15 px) with a small one
+SHAPES[c % 10] (7-9 px), coarse class c // 5. Labels are balanced.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attn_plugins.datasets.cifar import LAYOUTS, encode_images  # noqa: E402
 
-SHAPES = ('square', 'disk', 'triangle', 'cross', 'ring')
+SHAPES = ('square', 'disk', 'triangle', 'cross', 'ring', 'frame', 'saltire', 'tee', 'ell', 'diamond')
 CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 
@@ -145,8 +147,8 @@ def write_pickle(path: str, obj) -> None:
         f.write(Py2Pickler().dumps(obj))
 
 
-def hue_colour(hue_index: int, hues: int) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(hue_index / hues, 0.9, 0.95)) * 255
+def hue_colour(hue: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, 0.9, 0.95)) * 255
 
 
 def shape_mask(shape: int, size: int) -> np.ndarray:
@@ -154,27 +156,36 @@ def shape_mask(shape: int, size: int) -> np.ndarray:
     centre, radius = size / 2, size / 2
     dist = np.hypot(yy - centre, xx - centre)
     band = max(2, size // 4)
+    half = band / 2 + 0.5
     masks = {
         'square': np.ones((size, size), bool),
         'disk': dist <= radius,
-        'triangle': xx >= (size - yy) / 2,
-        'cross': (np.abs(yy - centre) < band / 2 + 0.5) | (np.abs(xx - centre) < band / 2 + 0.5),
+        'triangle': (xx >= (size - yy) / 2) & (xx <= (size + yy) / 2),
+        'cross': (np.abs(yy - centre) < half) | (np.abs(xx - centre) < half),
         'ring': (dist <= radius) & (dist >= radius - band),
+        'frame': (np.minimum(np.minimum(yy, size - yy), np.minimum(xx, size - xx)) < band),
+        'saltire': (np.abs(yy - xx) < half * 1.2) | (np.abs(yy + xx - size) < half * 1.2),
+        'tee': (yy < band + 0.5) | (np.abs(xx - centre) < half),
+        'ell': (xx < band + 0.5) | (yy > size - band - 0.5),
+        'diamond': np.abs(yy - centre) + np.abs(xx - centre) <= radius,
     }
-    mask = masks[SHAPES[shape]]
-    if SHAPES[shape] == 'triangle':
-        mask &= xx <= (size + yy) / 2
-    return mask
+    return masks[SHAPES[shape]]
 
 
-def draw(rng: np.random.Generator, hue: int, hues: int, shape: int) -> np.ndarray:
-    image = rng.normal(rng.uniform(70, 170), 18, (32, 32, 3))
-    size = int(rng.integers(9, 16))
-    y, x = rng.integers(0, 33 - size, 2)
-    colour = hue_colour(hue, hues) * rng.uniform(0.8, 1.0)
-    patch = image[y:y + size, x:x + size]
-    mask = shape_mask(shape, size)
-    patch[mask] = colour + rng.normal(0, 8, (int(mask.sum()), 3))
+def draw(rng: np.random.Generator, shapes: list[tuple[int, int, int]]) -> np.ndarray:
+    """A noisy grey background, 3-5 clutter bars and the objects (shape, min size, max size),
+    all in one random hue per image: the hue and the colour statistics say nothing about the class."""
+    image = rng.normal(rng.uniform(60, 180), 12, (32, 32, 3))
+    colour = hue_colour(rng.uniform()) * rng.uniform(0.7, 1.0)
+    for _ in range(int(rng.integers(3, 6))):         # clutter: short bars in the object's colour
+        h, w = (1, int(rng.integers(3, 8)))[::int(rng.choice([1, -1]))]
+        y, x = int(rng.integers(0, 33 - h)), int(rng.integers(0, 33 - w))
+        image[y:y + h, x:x + w] = colour + rng.normal(0, 10, (h, w, 3))
+    for shape, low, high in shapes:
+        size = int(rng.integers(low, high + 1))
+        y, x = rng.integers(0, 33 - size, 2)
+        mask = shape_mask(shape, size)
+        image[y:y + size, x:x + size][mask] = colour + rng.normal(0, 10, (int(mask.sum()), 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -185,9 +196,9 @@ def make_split(rng: np.random.Generator, count: int, dataset: str):
     images = np.empty((count, 32, 32, 3), np.uint8)
     for i, label in enumerate(fine):
         if dataset == 'cifar10':
-            images[i] = draw(rng, int(label), 10, int(rng.integers(len(SHAPES))))
+            images[i] = draw(rng, [(int(label), 12, 16)])
         else:
-            images[i] = draw(rng, int(label) // 5, 20, int(label) % 5)
+            images[i] = draw(rng, [(int(label) // 10, 12, 15), (int(label) % 10, 7, 9)])
     return images, fine, (fine // 5 if dataset == 'cifar100' else None)
 
 
@@ -219,8 +230,8 @@ def write_cifar10(out: str, train: int, test: int, rng: np.random.Generator) -> 
 def write_cifar100(out: str, train: int, test: int, rng: np.random.Generator) -> str:
     folder = os.path.join(out, LAYOUTS['cifar100']['folder'])
     os.makedirs(folder, exist_ok=True)
-    coarse_names = [f'hue{h:02d}' for h in range(20)]
-    fine_names = [f'hue{c // 5:02d}_{SHAPES[c % 5]}' for c in range(100)]
+    fine_names = [f'{SHAPES[c // 10]}_with_{SHAPES[c % 10]}' for c in range(100)]
+    coarse_names = [f'{SHAPES[c // 2]}_with_{"/".join(SHAPES[5 * (c % 2):5 * (c % 2) + 5])}' for c in range(20)]
     for split, count, offset in (('train', train, 0), ('test', test, train)):
         images, fine, coarse = make_split(rng, count, 'cifar100')
         write_pickle(os.path.join(folder, split), {
