@@ -17,7 +17,8 @@ demo: setup
 
 # quick subset (a harness check, a few minutes): models suite on tiny shapes + the papers' rows
 bench: setup
-	$(PY) tools/benchmark.py --suite models --quick --paper --json work_dirs/benchmark/models_quick.json
+	$(PY) tools/benchmark.py --suite models --only 'ResNet-50 + SE' 'ResNet-50 + CBAM' --no-sweep --paper --json work_dirs/benchmark/models.json
+	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json
 
 # the measurement behind README's results section: run it on a quiet machine (about an hour)
 bench-full: setup
