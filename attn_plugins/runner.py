@@ -71,7 +71,12 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         # (attn_plugins.config) reads back but plain yaml.safe_load does not. Unnamed, it is dumped
         # as <timestamp>.py, mmengine's own format.
         from mmengine.config import Config
-        cfg.experiment_name = cfg.get('experiment_name') or name     # mmengine derives it from the filename
+        # mmengine derives the name from the filename, as '<name>_<timestamp>'; it keys the Runner's
+        # logger, MessageHub and Visualizer singletons, so two runs in one process must not share it
+        # (a second run of a config would log its scalars into the first run's work dir).
+        cfg.experiment_name = cfg.get('experiment_name') or _unique_experiment_name(name)
+        if isinstance(cfg.get('visualizer'), dict):  # OpenMMLab bases name it 'visualizer': one per process
+            cfg.visualizer['name'] = cfg.experiment_name
         cfg = Config(cfg.to_dict())
     try:
         runner = Runner.from_cfg(cfg)
@@ -93,6 +98,18 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
             raise ConfigError(f"checkpoint {load_from!r} does not fit the model of {config}: {mismatch}; "
                               "pass --allow-partial-checkpoint to load only what fits")
     return runner
+
+
+def _unique_experiment_name(name: str) -> str:
+    """'<name>_<timestamp>' as mmengine names runs, with a counter if this process already has one."""
+    import time
+    from mmengine.visualization import Visualizer
+    base = f"{name}_{time.strftime('%Y%m%d_%H%M%S', time.localtime())}"
+    candidate, count = base, 1
+    while Visualizer.check_instance_created(candidate):
+        count += 1
+        candidate = f'{base}_{count}'
+    return candidate
 
 
 def _resume_checkpoint(resume: str, work_dir: str) -> str:
