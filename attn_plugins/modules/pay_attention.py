@@ -5,8 +5,10 @@
     a = softmax_i(c_i),   g^s = Σ_i a_i l_i
 
 The attended vector sums the original local features (as the authors' public code does);
-the projection is used for compatibility only. `normalize='sigmoid'` gives the public
-variant: a = σ(c), g^s = mean_i a_i l_i.
+the projection is used for compatibility only. Its direction follows the paper (Sec. 3.1: the
+local features are mapped to g's width, L^s -> L̂^s, before C(L̂^s, g)) and SaoYan/LearnToPayAttention;
+the authors' Lua code (3.1_vgg_atten.lua) instead maps g down, Linear(512, 256) after BN+ReLU+Dropout.
+`normalize='sigmoid'` gives the public variant: a = σ(c), g^s = mean_i a_i l_i.
 """
 from __future__ import annotations
 
