@@ -12,8 +12,8 @@ catch what it computed; one PNG per block, its module path in the title:
                            never N x N), over the input
     NonLocal               f(x_q, x_j) / C(x) of the query pixels (`query_attention`); a video
                            (3-D) block: one row per query, one panel per key frame, over that frame
-    PyramidAttention       the attention a over the target map; video: one panel per frame, and a
-                           row per pyramid level l with its part s_l of the score s = Σ_l s_l
+    PyramidAttention       the attention a over the target map, then a row per pyramid level l with
+                           its own map a^l and fusion weight β_l (a = Σ_l β_l a^l); video: a panel per frame
     ChannelAttention       the C x C channel attention
     DualAttention          its PAM rows and CAM matrix
     SpatialWeights, PayAttention (LTPA) and any other block that records an attention map
@@ -38,7 +38,6 @@ import torch.nn.functional as F
 
 from .analysis import attention_blocks, block_classes
 from .modules import (CBAM, SE, ChannelAttention, DualAttention, NonLocal, PositionAttention, PyramidAttention)
-from .modules._helpers import resize_to
 from .registry import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -314,35 +313,27 @@ def _non_local_panels(block: NonLocal, x: torch.Tensor, queries, height, width, 
     return _query_panels(f"non-local ({block.mode})", rows, keys, queries, num_frames)
 
 
-def pyramid_level_scores(block: PyramidAttention, features) -> torch.Tensor:
-    """(L, B, N): s_l, the part of pyramid level l in the score s = Σ_l s_l of every target position
-    (the fusion Σ_l R(P_l X^l), the centring and the projection Wᵀ are linear; σ_k is that of the
-    fused features, as in `PyramidAttention.scores`). softmax(Σ_l s_l) is the block's attention a."""
-    feats = [features] if isinstance(features, torch.Tensor) else list(features)
-    size = tuple(feats[block.target_index].shape[2:])
-    parts = [resize_to(conv(f), size).flatten(2) for conv, f in zip(block.reduce, feats)]
-    proj = [torch.matmul(block.components.t(), p - p.mean(-1, keepdim=True)) for p in parts]
-    proj = [z.to(torch.promote_types(z.dtype, torch.float32)) for z in proj]
-    spread = sum(proj).pow(2).mean(-1, keepdim=True).add(block.eps).sqrt()              # σ_k: B, K, 1
-    return torch.stack([torch.einsum('k,bkn->bn', block.score.to(z.dtype), z / spread) for z in proj])
+def pyramid_level_attention(block: PyramidAttention, features) -> torch.Tensor:
+    """(L, B, N): each pyramid level's attention map a^l; the block's attention is a = Σ_l β_l a^l."""
+    return block.level_attention(features)
 
 
 def _pyramid_panels(block: PyramidAttention, features, num_frames: int) -> tuple[list[Panel], int]:
-    """The attention a, then a row per level with its score part s_l; video: one column per frame."""
+    """The attention a, then a row per level with its map a^l and weight β_l; video: one column per frame."""
     attention = block.attention_map[0, 0].float()
     size = tuple(attention.shape)
-    levels = pyramid_level_scores(block, features)[:, 0].unflatten(1, size).cpu().numpy()
-    rows = [(attention.cpu().numpy(), 'attention a (softmax over all positions)')]
-    rows += [(level, f"level {l} ({c} ch{', target' if l == block.target_index else ''}): score part s_{l}")
-             for l, (level, c) in enumerate(zip(levels, block.in_channels))]
+    levels = pyramid_level_attention(block, features)[:, 0].unflatten(1, size).float().cpu().numpy()
+    beta = block.level_weights().tolist()
+    rows = [(attention.cpu().numpy(), 'attention a = Σ_l β_l a_l (softmax over all positions)')]
+    rows += [(level, f"level {l} ({c} ch{', target' if l == block.target_index else ''}): a_{l}, β_{l} {b:.2f}")
+             for l, (level, c, b) in enumerate(zip(levels, block.in_channels, beta))]
     if len(size) == 2:
         return [Panel('map', data, title.replace(': ', ':\n', 1)) for data, title in rows], 0
     frames = size[0]
     panels = []
     for data, title in rows:
         panels += _frame_panels(data, [(f"{title}\n" if t == 0 else '\n') + _frame_name(t, frames, num_frames)
-                                       + (f": Σ a {data[t].sum():.3g}" if title.startswith('attention') else '')
-                                       for t in range(frames)], num_frames)
+                                       + f": Σ {data[t].sum():.3g}" for t in range(frames)], num_frames)
     return panels, frames
 
 

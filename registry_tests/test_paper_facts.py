@@ -87,7 +87,7 @@ def test_pyramid_pca_loss_learns_the_principal_subspace():
         opt.zero_grad()
         block.pca_loss.backward()
         opt.step()
-    w = block.components.detach()
+    w = block.components[0].detach()
     centred = x.flatten(2) - x.flatten(2).mean(-1, keepdim=True)
     top = torch.linalg.svd(centred.transpose(0, 1).reshape(fuse, -1), full_matrices=False)[0][:, :k]
     learned_proj, true_proj = w @ w.t(), top @ top.t()

@@ -32,22 +32,101 @@ def attention(block, x):
 
 
 def test_scores_and_output_follow_the_documented_formula():
+    """Per level: its own whitened principal-component score and softmax map a^l (Sec. 3: attention at
+    each scale); fusion a = Σ_l β_l a^l; y = x + γ N a ⊙ V x."""
     block = m.PyramidAttention(8, in_channels=[8, 6], fuse_channels=6, num_components=3).eval()
     with torch.no_grad():
         block.gamma.fill_(0.7)
+        block.fusion.copy_(torch.tensor([0.3, -0.4]))
     x, coarse = torch.randn(2, 8, 5, 7), torch.randn(2, 6, 10, 14)
     block.record_attention = True
     with torch.no_grad():
         y = block([x, coarse])
-        fused = block.reduce[0](x) + nn.functional.adaptive_avg_pool2d(block.reduce[1](coarse), (5, 7))
-        f = fused.flatten(2)
-        z = torch.einsum('ck,bcn->bkn', block.components, f - f.mean(-1, keepdim=True))      # Wᵀ(f_i − μ)
-        sigma = (z.pow(2).mean(-1, keepdim=True) + block.eps).sqrt()
-        a = torch.softmax(torch.einsum('k,bkn->bn', block.score, z / sigma), -1)
+        levels = [block.reduce[0](x), nn.functional.adaptive_avg_pool2d(block.reduce[1](coarse), (5, 7))]
+        maps = []
+        for l, level in enumerate(levels):
+            f = level.flatten(2)
+            z = torch.einsum('ck,bcn->bkn', block.components[l], f - f.mean(-1, keepdim=True))   # W_lᵀ(f_i − μ)
+            sigma = (z.pow(2).mean(-1, keepdim=True) + block.eps).sqrt()
+            maps.append(torch.softmax(torch.einsum('k,bkn->bn', block.score[l], z / sigma), -1))
+        beta = torch.softmax(torch.tensor([0.3, -0.4]), 0)
+        a = beta[0] * maps[0] + beta[1] * maps[1]
         expected = x + 0.7 * block.value(x) * (35 * a).view(2, 1, 5, 7)
-    assert block.attention_map.shape == (2, 1, 5, 7)
+    assert block.attention_map.shape == (2, 1, 5, 7) and block.level_attention_map.shape == (2, 2, 5, 7)
+    torch.testing.assert_close(block.level_attention_map.flatten(2).transpose(0, 1), torch.stack(maps))
+    torch.testing.assert_close(block.level_attention([x, coarse]), torch.stack(maps))
     torch.testing.assert_close(block.attention_map.flatten(1), a)
     torch.testing.assert_close(y, expected)
+
+
+def test_each_level_attends_on_its_own_then_the_maps_are_fused():
+    """Sec. 3 (attention at each scale, then a fusion function): a level's map a^l depends on that
+    level's features only, and the block's map is the β-mixture of the levels' maps. A block that
+    fuses the levels' features before one score (the former reading) fails both."""
+    torch.manual_seed(0)
+    block = m.PyramidAttention(8, in_channels=[8, 4, 4], fuse_channels=6, num_components=3).eval()
+    x, mid, coarse = torch.randn(2, 8, 6, 6), torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        maps = block.level_attention([x, mid, coarse])
+        moved = block.level_attention([x, mid * 3 + torch.randn_like(mid), coarse])
+    torch.testing.assert_close(moved[0], maps[0])
+    torch.testing.assert_close(moved[2], maps[2])
+    assert (moved[1] - maps[1]).abs().max() > 1e-3
+    block.record_attention = True
+    with torch.no_grad():
+        block([x, mid, coarse])
+    torch.testing.assert_close(block.attention_map.flatten(1), maps.mean(0))      # b = 0 at init: β uniform
+    assert torch.equal(block.level_weights(), torch.full((3,), 1 / 3))
+
+
+def test_diversity_loss_penalises_overlapping_level_maps():
+    """(6): the mean squared overlap of the L2-normalised level maps (off-diagonal Gram entries):
+    1 for identical maps, 0 for disjoint ones; its gradient trains the scores and the level convs."""
+    same = torch.softmax(torch.randn(2, 10), -1).expand(2, 2, 10)            # L = 2 equal maps, B = 2
+    assert m.PyramidAttention.diversity_loss_of(same).item() == pytest.approx(1.0)
+    disjoint = torch.zeros(2, 1, 10)
+    disjoint[0, 0, :5], disjoint[1, 0, 5:] = 0.2, 0.2
+    assert m.PyramidAttention.diversity_loss_of(disjoint).item() == 0
+    maps = torch.softmax(torch.randn(3, 2, 12), -1)
+    unit = maps / maps.norm(dim=-1, keepdim=True)
+    overlaps = [(unit[l] * unit[k]).sum(-1).pow(2) for l in range(3) for k in range(3) if l != k]
+    assert m.PyramidAttention.diversity_loss_of(maps).item() == pytest.approx((sum(overlaps) / 6).mean().item())
+    assert m.PyramidAttention.diversity_loss_of(maps[:1]) is None
+
+    block = m.PyramidAttention(8, in_channels=[8, 4], fuse_channels=6, num_components=2,
+                               pca_loss_weight=0.5, diversity_loss_weight=0.25).train()
+    x, coarse = torch.randn(2, 8, 6, 6, requires_grad=True), torch.randn(2, 4, 3, 3)
+    block([x, coarse])
+    torch.testing.assert_close(block.diversity_loss, m.PyramidAttention.diversity_loss_of(
+        block.level_attention([x, coarse])))
+    losses = auxiliary_losses(block)
+    assert set(losses) == {'loss_pca', 'loss_diversity'}
+    torch.testing.assert_close(losses['loss_diversity'], 0.25 * block.diversity_loss)
+    grads = torch.autograd.grad(losses['loss_diversity'], [x, block.score, block.reduce[1].weight])
+    assert all(g.abs().sum() > 0 for g in grads)
+    single = m.PyramidAttention(8).train()
+    single(torch.randn(1, 8, 4, 4))
+    assert single.diversity_loss is None and set(auxiliary_losses(single)) == {'loss_pca'}
+    with pytest.raises(ValueError, match='diversity_loss_weight'):
+        m.PyramidAttention(8, diversity_loss_weight=-1)
+
+
+def test_diversity_loss_makes_the_level_maps_complementary():
+    """Minimising L_div alone on fixed features drives two levels' maps apart."""
+    torch.manual_seed(0)
+    block = m.PyramidAttention(8, in_channels=[8, 8], fuse_channels=8, num_components=4).train()
+    x = torch.randn(2, 8, 6, 6)
+    feats = [x, x + 0.1 * torch.randn_like(x)]            # nearly the same maps at both levels
+    opt = torch.optim.Adam([block.score, block.components], lr=0.1)
+    block(feats)
+    start = block.diversity_loss.item()
+    for _ in range(60):
+        block(feats)
+        opt.zero_grad()
+        block.diversity_loss.backward()
+        opt.step()
+    block(feats)
+    assert block.diversity_loss.item() < 0.3 * start, (start, block.diversity_loss.item())
 
 
 def test_other_positions_change_a_positions_weight():

@@ -298,8 +298,8 @@ def test_auxiliary_loss_hook_with_recognizer():
     raw = dict(inputs=[torch.rand(1, 3, 8, 32, 32) * 255 for _ in range(2)],
                data_samples=toy_batch(model)['data_samples'])
     log = model.train_step(raw, wrapper)
-    assert {'loss_cls', 'loss_pca', 'plugins.loss_pca'} <= set(log)
-    total = log['loss_cls'] + log['loss_pca'] + log['plugins.loss_pca']
+    assert {'loss_cls', 'loss_pca', 'loss_diversity', 'plugins.loss_pca'} <= set(log)   # head: 3 levels
+    total = log['loss_cls'] + log['loss_pca'] + log['loss_diversity'] + log['plugins.loss_pca']
     assert log['loss'].item() == pytest.approx(total.item(), rel=1e-5)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from attn_plugins.cli import main
 from attn_plugins.modules import NonLocal, PyramidAttention
-from attn_plugins.visualize import ModelInput, block_pictures, parse_queries, pyramid_level_scores
+from attn_plugins.visualize import ModelInput, block_pictures, parse_queries, pyramid_level_attention
 from attn_plugins.registry import ConfigError
 from conftest import randomize
 
@@ -118,28 +118,30 @@ def test_viz_pyramid_attention_per_frame_and_per_level():
     low = model.low(clip)
     feats = [low, model.high(low)]
     model.pyramid.record_attention = True
-    model.pyramid(feats)
+    with torch.no_grad():
+        model.pyramid.fusion.copy_(torch.tensor([1.0, -1.0]))
+        model.pyramid(feats)
     attention = model.pyramid.attention_map[0, 0]                             # (3, 4, 3)
     model.pyramid.record_attention = False
-    levels = pyramid_level_scores(model.pyramid, feats)
-    # the levels' parts add up to the block's own score: softmax(Σ_l s_l) is its attention
-    torch.testing.assert_close(levels.sum(0).softmax(-1)[0].view(3, 4, 3), attention)
-    # each part is that level's own contribution: the score with the other level's features removed
-    # (its reduce conv zeroed, so only its bias, constant over positions and removed by centring, stays)
-    without_high = copy.deepcopy(model.pyramid)
+    levels = pyramid_level_attention(model.pyramid, feats)
+    # the block's attention is the β-mixture of the levels' own maps (each a softmax over all positions)
+    beta = torch.softmax(torch.tensor([1.0, -1.0]), 0)
+    torch.testing.assert_close((beta[:, None, None] * levels).sum(0)[0].view(3, 4, 3), attention)
+    torch.testing.assert_close(levels.sum(-1), torch.ones(2, 1))
+    # each level's map is that level's alone: changing the other level's features leaves it as it is
     with torch.no_grad():
-        without_high.reduce[1].weight.zero_()
-    only_low = pyramid_level_scores(without_high, feats)
-    assert only_low[1].abs().max() < 1e-5 and not torch.allclose(only_low[0], levels[0])
+        moved = pyramid_level_attention(model.pyramid, [feats[0], feats[1] * 2 + 1 + torch.randn_like(feats[1])])
+    torch.testing.assert_close(moved[0], levels[0])
+    assert not torch.allclose(moved[1], levels[1])
     frames = np.random.default_rng(0).random((6, 16, 12, 3))
     (picture,) = block_pictures(model, ModelInput(lambda: model(clip), frames[3], 'test', frames), [])
-    assert picture.columns == 3 and len(picture.panels) == 3 * 3           # a, s_0, s_1 rows x 3 frames
+    assert picture.columns == 3 and len(picture.panels) == 3 * 3           # a, a_0, a_1 rows x 3 frames
     for r, expected in enumerate([attention, levels[0, 0].view(3, 4, 3), levels[1, 0].view(3, 4, 3)]):
         for t in range(3):
             panel = picture.panels[3 * r + t]
             np.testing.assert_allclose(panel.data, expected[t].detach().numpy(), rtol=1e-5, atol=1e-6)
             assert panel.frame == 2 * t + 1
-    assert 'level 1 (8 ch, target)' in picture.panels[6].title
+    assert 'level 1 (8 ch, target): a_1, β_1 0.12' in picture.panels[6].title
 
 
 @pytest.fixture(scope='module')
