@@ -359,6 +359,11 @@ def _join(path: str, name: str) -> str:
     return f'{path}.{name}' if path else name
 
 
+def _block_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The block's own options of a spec: every key that is not a spec key."""
+    return {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+
+
 def _check_spec(spec: Mapping[str, Any], block_cls: type[nn.Module], where: str) -> None:
     """Unknown keys get a did-you-mean over spec keys and block options; only one-map-in,
     one-map-out blocks can be inserted into a forward."""
@@ -406,7 +411,7 @@ def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: 
         described = f"a dict with keys {list(value)}" if isinstance(value, dict) else f"{len(value)} outputs"
         raise ConfigError(f"{where}: {shown!r} returns {described}; choose the maps to attend with "
                           "'output_index' (position 'after')")
-    dims = input_dims(type_name, options)
+    dims = input_dims(type_name, options, where)
     if isinstance(value, tuple) and len(value) != dims and not (dims == 3 and len(value) > 3):
         raise ConfigError(f"{where}: {type_name} needs {dims}-dimensional (B, C, ...) feature maps, but {shown!r} "
                           f"{'takes' if kind == 'before' else 'gives'} a {value} tensor (tokens (B, N, C) or vectors "
@@ -447,7 +452,7 @@ def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str,
             model.attn_plugins_report = report
             continue
         type_name = block_cls.__name__
-        options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+        options = _block_options(spec)
         targets = select_modules(model, spec, where)
         # the module that hosts each block: the target itself, or its child for 'after:<child>'
         hosts = [(_join(path, child_name), _child(module, child_name, path or '.', where)) if child_name
@@ -500,7 +505,7 @@ def _inject_outputs(model, spec, where, kind, child_name, example_input, block_c
     if not isinstance(indices, (list, tuple)) or not indices or not all(_output_key(i) for i in indices):
         raise ConfigError(f"{where}.output_index: expected an int, a dict key (str) or a list of them, got {indices!r}")
     type_name = block_cls.__name__
-    options = {k: v for k, v in spec.items() if k not in SPEC_KEYS}
+    options = _block_options(spec)
     targets = select_modules(model, spec, where)
     for path, module in targets:
         _check_target(path, module, kind, type_name, where)

@@ -31,15 +31,20 @@ BLOCKS: dict[str, type[nn.Module]] = {
 IN_BLOCK_GATES = ('SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
                   'NonLocal', 'PyramidAttention')
 
-def input_dims(block_type: str, options: Mapping[str, Any] | None = None) -> int:
-    """Dimensions of the (B, C, *spatial) maps a one-map block takes: 3 for ChannelAttention
-    (any spatial rank), dim + 2 for NonLocal / PyramidAttention, 4 (images) for the rest."""
-    options = options or {}
-    if block_type == 'ChannelAttention':
-        return 3
-    if block_type in ('NonLocal', 'PyramidAttention'):
-        return int(options.get('dim', 2)) + 2
-    return 4
+def input_dims(block_type: str, options: Mapping[str, Any] | None = None, where: str = 'cfg') -> int:
+    """Dimensions of the (B, C, *spatial) maps a block built with `options` takes: its class's
+    `input_rank`, the value its forward checks (e.g. 4 for images, 3 for ChannelAttention, dim + 2
+    for NonLocal), given the options it names (`dim`), or their constructor defaults."""
+    cls = get_block(block_type)
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not p.empty}
+    values = {**defaults, **(options or {})}
+    args = {name: values[name] for name in inspect.signature(cls.input_rank).parameters}
+    try:
+        return int(cls.input_rank(**args))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{', '.join(f'{where}.{k}' for k in args)}: {cls.__name__} cannot take "
+                          f"{', '.join(f'{k}={v!r}' for k, v in args.items())} ({err})") from None
 
 
 # Decode heads registered by the mmseg integration; listed here so names live in one place.

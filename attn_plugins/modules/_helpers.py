@@ -84,12 +84,9 @@ def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3)
         if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):
             return
     if x.dim() < min_dim or x.shape[1] != channels:
-        if torch.jit.is_scripting():
-            raise ValueError(f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
-                             f"got {x.shape}; set `channels` to the input's channel count")
-        raise ValueError(
-            f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
-            f"got {tuple(x.shape)}; set `channels` to the input's channel count")
+        shape = ', '.join([str(size) for size in x.shape])          # the same text eager and scripted
+        raise ValueError(f"{block}: expected input of shape (B, {channels}, ...) with at least {min_dim} dims, "
+                         f"got ({shape}); set `channels` to the input's channel count")
 
 
 def _softmax_chunk(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

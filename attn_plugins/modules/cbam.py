@@ -104,8 +104,13 @@ class CBAM(HostInit, nn.Module):
         if self.spatial_gate is not None:
             self.spatial_gate.reset_parameters()
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, (B, C, H, W): what forward checks and `inject` requires."""
+        return 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_channels('CBAM', x, self.channels, min_dim=4)
+        check_channels('CBAM', x, self.channels, min_dim=self.input_rank())
         x = x * self.channel_gate(x)
         if self.spatial_gate is None:
             return x

@@ -34,9 +34,14 @@ class ChannelAttention(HostInit, nn.Module):
         """β = 0: a new block is the identity."""
         nn.init.zeros_(self.gamma)
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, (B, C, *spatial) with any number of spatial dims: what forward checks and `inject` requires."""
+        return 3
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """X A reshaped to x's shape: the attention output before β and the residual."""
-        check_channels('ChannelAttention', x, self.channels, min_dim=3)
+        check_channels('ChannelAttention', x, self.channels, min_dim=self.input_rank())
         flat = x.flatten(2)                                       # B, C, N
         attn = torch.softmax(-torch.bmm(flat, flat.transpose(1, 2)), dim=-1)
         if self.record_attention:

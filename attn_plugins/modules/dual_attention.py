@@ -40,5 +40,10 @@ class DualAttention(HostInit, nn.Module):
         self.pam.reset_parameters()
         self.cam.reset_parameters()
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps: its position branch's (B, C, H, W)."""
+        return PositionAttention.input_rank()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pam.gamma * self.pam.context(x) + self.cam.gamma * self.cam.context(x)

@@ -143,9 +143,15 @@ class NonLocal(HostInit, nn.Module):
             return torch.relu(a[:, :, None] + b[:, None, :]) / key.shape[-1]
         return torch.bmm(query, key) / key.shape[-1]
 
+    @staticmethod
+    def input_rank(dim: int) -> int:
+        """Dims of the input maps, (B, C, *spatial) with `dim` spatial dims: what forward checks and
+        `inject` requires."""
+        return dim + 2
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
-        check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
+        check_channels('NonLocal', x, self.channels, min_dim=self.input_rank(self.dim))
         query, key = self._pairwise(x)
         value = self.pool(self.g(x)).flatten(2)                          # B, Ci, Nk
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
@@ -187,7 +193,7 @@ class NonLocal(HostInit, nn.Module):
         queries only (O(Q·Nk) memory, for pictures). Positions are row-major over the spatial
         dims: for dim=3, query t·H·W + y·W + x, and a row reshaped to the key grid (T, H', W') is
         that query's attention across the frames (sub_sample pools 1x2x2: every frame is kept)."""
-        check_channels('NonLocal', x, self.channels, min_dim=self.dim + 2)
+        check_channels('NonLocal', x, self.channels, min_dim=self.input_rank(self.dim))
         query, key = self._pairwise(x)
         query = query[:, queries]
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':

@@ -54,8 +54,13 @@ class PayAttention(HostInit, nn.Module):
             if isinstance(conv, nn.Conv2d):
                 conv.reset_parameters()
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, local features (B, C, H, W): what forward checks and `inject` requires."""
+        return 4
+
     def forward(self, local: torch.Tensor, global_feat: torch.Tensor):
-        check_channels('PayAttention', local, self.channels, min_dim=4)
+        check_channels('PayAttention', local, self.channels, min_dim=self.input_rank())
         tracing = False
         if not torch.jit.is_scripting():
             tracing = torch.jit.is_tracing() or isinstance(global_feat, torch.fx.Proxy)

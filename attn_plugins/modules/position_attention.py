@@ -48,9 +48,14 @@ class PositionAttention(HostInit, nn.Module):
             conv.reset_parameters()
         nn.init.zeros_(self.gamma)
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, (B, C, H, W): what forward checks and `inject` requires."""
+        return 4
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
-        check_channels('PositionAttention', x, self.channels, min_dim=4)
+        check_channels('PositionAttention', x, self.channels, min_dim=self.input_rank())
         query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
         key = self.key(x).flatten(2)                          # B, Ck, N
         value = self.value(x).flatten(2)                      # B, C, N
@@ -63,7 +68,7 @@ class PositionAttention(HostInit, nn.Module):
     def query_attention(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Rows S_q of the attention map for the flat positions `queries` (indices into H·W):
         (B, Q, N), computed for those queries only (O(Q·N) memory, for pictures)."""
-        check_channels('PositionAttention', x, self.channels, min_dim=4)
+        check_channels('PositionAttention', x, self.channels, min_dim=self.input_rank())
         query = self.query(x).flatten(2)[:, :, queries].transpose(1, 2)      # B, Q, Ck
         return torch.softmax(self.scale * torch.bmm(query, self.key(x).flatten(2)), dim=-1)
 

@@ -45,8 +45,13 @@ class SE(HostInit, nn.Module):
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, (B, C, H, W): what forward checks and `inject` requires."""
+        return 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_channels('SE', x, self.channels, min_dim=4)
+        check_channels('SE', x, self.channels, min_dim=self.input_rank())
         scale = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
         if self.record_attention:
             self.attention_map = scale.detach()

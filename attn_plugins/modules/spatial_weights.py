@@ -47,8 +47,13 @@ class SpatialWeights(HostInit, nn.Module):
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.conv3.bias, self.init_bias)
 
+    @staticmethod
+    def input_rank() -> int:
+        """Dims of the input maps, (B, C, H, W): what forward checks and `inject` requires."""
+        return 4
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_channels('SpatialWeights', x, self.channels, min_dim=4)
+        check_channels('SpatialWeights', x, self.channels, min_dim=self.input_rank())
         weights = self.act3(self.conv3(self.act2(self.conv2(self.act1(self.conv1(x))))))
         if self.record_attention:
             self.attention_map = weights.detach()
