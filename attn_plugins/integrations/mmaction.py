@@ -55,7 +55,8 @@ class VideoPyramidAttentionHead(BaseHead):
         num_classes: classes.
         in_channels: channels of each backbone map (a list, one per out_index; an int for one map).
         target_index: which map is attended and classified.
-        fuse_channels, num_components, pca_loss_weight: PyramidAttention options.
+        fuse_channels, num_components, pca_loss_weight, diversity_loss_weight: PyramidAttention options
+            (its losses are added to the head's as 'loss_pca' and 'loss_diversity').
         temporal_pool: 'avg' or 'max' over frames, after spatial average pooling.
         dropout_ratio, init_std: as mmaction2's I3DHead (dropout before the classifier; its init).
         loss_cls, average_clips, ...: mmaction2 BaseHead options.
@@ -63,6 +64,7 @@ class VideoPyramidAttentionHead(BaseHead):
 
     def __init__(self, num_classes: int, in_channels: int | Sequence[int], target_index: int = -1,
                  fuse_channels: int | None = None, num_components: int | None = None, pca_loss_weight: float = 0.1,
+                 diversity_loss_weight: float = 0.1,
                  temporal_pool: str = 'avg', dropout_ratio: float = 0.5, init_std: float = 0.01,
                  loss_cls: dict = dict(type='CrossEntropyLoss'), **kwargs) -> None:
         widths = [in_channels] if isinstance(in_channels, int) else list(in_channels)
@@ -77,7 +79,8 @@ class VideoPyramidAttentionHead(BaseHead):
         self.in_widths, self.target_index = widths, target_index % len(widths)
         self.temporal_pool, self.init_std = temporal_pool, init_std
         self.pyramid = PyramidAttention(widths[self.target_index], widths, fuse_channels, num_components,
-                                        self.target_index, dim=3, pca_loss_weight=pca_loss_weight)
+                                        self.target_index, dim=3, pca_loss_weight=pca_loss_weight,
+                                        diversity_loss_weight=diversity_loss_weight)
         self.dropout = nn.Dropout(p=dropout_ratio) if dropout_ratio else None
         self.fc_cls = nn.Linear(widths[self.target_index], num_classes)
 

@@ -121,11 +121,13 @@ class PyramidAttentionHead(BaseDecodeHead):
     Args:
         in_index / in_channels: lists, one entry per stage (input_transform='multiple_select').
         fuse_channels, num_components: PyramidAttention options.
-        pca_loss_weight: weight of the PCA loss added to the decode losses as 'loss_pca'.
+        pca_loss_weight, diversity_loss_weight: weights of PyramidAttention's losses, added to the decode
+            losses as 'loss_pca' and 'loss_diversity' (the latter with >= 2 levels).
     """
 
     def __init__(self, fuse_channels: int | None = None, num_components: int | None = None,
-                 target_index: int = -1, pca_loss_weight: float = 0.1, **kwargs):
+                 target_index: int = -1, pca_loss_weight: float = 0.1,
+                 diversity_loss_weight: float = 0.1, **kwargs):
         kwargs.setdefault('input_transform', 'multiple_select')
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, (list, tuple)):
@@ -136,7 +138,8 @@ class PyramidAttentionHead(BaseDecodeHead):
         pyramid_channels = list(self.in_channels)
         pyramid_channels[self.target_index] = self.channels
         self.pyramid = PyramidAttention(self.channels, pyramid_channels, fuse_channels, num_components,
-                                        self.target_index, pca_loss_weight=pca_loss_weight)
+                                        self.target_index, pca_loss_weight=pca_loss_weight,
+                                        diversity_loss_weight=diversity_loss_weight)
         self.out_conv = ConvModule(self.channels, self.channels, 3, padding=1, **conv)
 
     def forward(self, inputs):

@@ -8,13 +8,13 @@ several layers, resampled to one scale, form a spatial pyramid whose multi-scale
 the scores; the scores weight the local features of all positions. The number of input maps is
 free, hence spatio-temporal. No public implementation exists.
 Provenance: the method section (Sec. 3) was in no copy we could find (only the abstract and
-Sec. 1). Its structure is known from the abstract, the
-authors' company's article (besthub.dev, Meitu: "downsamples feature maps from different CNN layers
-to a unified scale using a sampling function R. Then, attention is applied ... at each scale ... A
-fusion function aggregates ...", a PCA-guided loss for "complementary information across scales")
-and two reading notes (one attention map per scale, the maps kept diverse, then combined; the PCA
-term is variance maximisation; an extra term on L2-normalised vectors penalises off-diagonal Gram
-entries). Below, "Sec. 3" names that structure; the exact formulas are ours, and said so.
+Sec. 1). Its structure comes from the abstract, the authors' company's article (besthub.dev, Meitu:
+"downsamples feature maps from different CNN layers to a unified scale using a sampling function R.
+Then, attention is applied ... at each scale ... A fusion function aggregates ...", a PCA-guided loss
+for "complementary information across scales") and two reading notes (one attention map per scale,
+the maps kept diverse, then combined; the PCA loss is variance maximisation via a Lagrangian, plus an
+"interactive" term on L2-normalised vectors whose Gram diagonal is 1). Below, "Sec. 3" names that
+structure; every exact formula is ours, and says so.
 Notation: target map X = [x_1 .. x_N] (C x N, N = H·W or T·H·W), pyramid maps X^l, l = 1..L.
 
 1. Sampling R (Sec. 3 structure; R's form ours):  F^l = R(P_l X^l)  (Cf x N), P_l a 1x1 conv, R
