@@ -82,11 +82,14 @@ def _split(values: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
     return torch.stack(parts, 1)
 
 
-def _augmented(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-    """(B, C, N) x with the rows `extra` (B, r, N) appended, (B, C + r, N) contiguous."""
-    out = x.new_empty(x.shape[0], x.shape[1] + extra.shape[1], x.shape[2])
+def _augmented(x: torch.Tensor, extra, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, N) x with the rows `extra` appended, (B, C + r, N) contiguous: `extra` a (B, r, N)
+    tensor or r, for r rows of ones; written into the flat `buffer` where given."""
+    rows = extra if isinstance(extra, int) else extra.shape[1]
+    shape = (x.shape[0], x.shape[1] + rows, x.shape[2])
+    out = x.new_empty(shape) if buffer is None else buffer[:shape[0] * shape[1] * shape[2]].view(shape)
     out[:, :x.shape[1]] = x
-    out[:, x.shape[1]:] = extra
+    out[:, x.shape[1]:] = 1 if isinstance(extra, int) else extra
     return out
 
 
@@ -102,20 +105,24 @@ def _row_sum(probs: torch.Tensor, stat_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scaled_grad_out(grad_out: torch.Tensor, out: torch.Tensor, inv_sum: torch.Tensor, dtype: torch.dtype,
-                     extra: int, columns: int = 1024) -> torch.Tensor:
-    """(B, Cv + extra, Nq) in `dtype`: [dO; −rowsum(dO ∘ O)] with query i's column divided by l_i,
-    computed in float32 `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
+                     extra: int, augment: bool = True, columns: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dO with query i's column divided by l_i, (B, Cv, Nq), and (with `augment`) the same with the
+    rows −rowsum(dO ∘ O) / l appended, (B, Cv + extra, Nq), both contiguous in `dtype`: computed in
+    float32 `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
     stat_dtype = inv_sum.dtype
     batch, channels, num_queries = grad_out.shape
-    result = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype)
+    scaled = grad_out.new_empty(batch, channels, num_queries, dtype=dtype)
+    augmented = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype) if augment else None
     for start in range(0, num_queries, columns):
         stop = min(start + columns, num_queries)
         grad = grad_out[:, :, start:stop].to(stat_dtype)
         inv = inv_sum[:, None, start:stop]
-        delta = (grad * out[:, :, start:stop].to(stat_dtype)).sum(1, keepdim=True)     # rowsum(dO ∘ O)
-        result[:, :channels, start:stop] = grad * inv        # not in place: `grad` may be dO itself
-        result[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
-    return result
+        scaled[:, :, start:stop] = grad * inv                # not in place: `grad` may be dO itself
+        if augment:
+            delta = (grad * out[:, :, start:stop].to(stat_dtype)).sum(1, keepdim=True)     # rowsum(dO ∘ O)
+            augmented[:, :channels, start:stop] = scaled[:, :, start:stop]
+            augmented[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
+    return scaled, augmented
 
 
 class FlashSoftmaxAttention(torch.autograd.Function):
@@ -144,7 +151,6 @@ class FlashSoftmaxAttention(torch.autograd.Function):
         dtype = _compute_dtype(query, key, value)
         stat_dtype = torch.promote_types(dtype, torch.float32)
         base2 = dtype in (torch.float32, torch.float64)
-        extra = _extra_rows(dtype)
         batch, num_queries, qk_channels = query.shape
         num_keys, channels = key.shape[2], value.shape[1]
         with torch.autocast(query.device.type, enabled=False):
@@ -152,9 +158,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             query = query.to(dtype)
             if query_scale != 1.0:
                 query = query * query_scale
-            ones = key.new_ones((), dtype=dtype).expand(batch, extra, num_keys)
-            key_aug, value_aug = _augmented(key.to(dtype), ones[:, :1]), _augmented(value.to(dtype), ones)
-            key, value = key_aug[:, :qk_channels], value_aug[:, :channels]
+            # contiguous: a 16-bit bmm (oneDNN) copies any other operand whole, here once per chunk
+            key, value = key.to(dtype).contiguous(), value.to(dtype).contiguous()
             out = value.new_empty(batch, channels, num_queries)
             row_max = torch.empty(batch, num_queries, dtype=stat_dtype, device=query.device)
             inv_sum = torch.empty_like(row_max)
@@ -171,47 +176,52 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 torch.mul(torch.bmm(value, probs.transpose(1, 2)), inv.unsqueeze(1), out=out[:, :, start:stop])
                 row_max[:, start:stop] = chunk_max.squeeze(-1)
                 inv_sum[:, start:stop] = inv
-        ctx.save_for_backward(query, key_aug, value_aug, out, row_max, inv_sum)
+        ctx.save_for_backward(query, key, value, out, row_max, inv_sum)
         ctx.scale, ctx.chunk, ctx.base2 = scale, chunk, base2
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        query, key_aug, value_aug, out, row_max, inv_sum = ctx.saved_tensors
+        query, key, value, out, row_max, inv_sum = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dtype, stat_dtype, base2 = query.dtype, row_max.dtype, ctx.base2
         batch, num_queries, qk_channels = query.shape
-        num_keys, channels = key_aug.shape[2], value_aug.shape[1] - _extra_rows(dtype)
+        num_keys, channels, extra = key.shape[2], value.shape[1], _extra_rows(dtype)
         with torch.autocast(query.device.type, enabled=False):
             # [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`)
             query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
-            # [dO; −rowsum(dO ∘ O)] / l: its first rows give dV from l ∘ P, all of it (dP − rowsum) / l
-            grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, _extra_rows(dtype))
-            grad_out = grad_out_aug[:, :channels]
+            # dO / l gives dV from l ∘ P; [dO; −rowsum(dO ∘ O)] / l · [V; 1] gives (dP − rowsum) / l
+            grad_out, grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra, need_q or need_k)
             grad_q = torch.zeros(batch, num_queries, qk_channels, dtype=stat_dtype, device=query.device) \
                 if need_q else None
             grad_k = query.new_empty(batch, qk_channels, num_keys) if need_k else None
             grad_v = query.new_empty(batch, channels, num_keys) if need_v else None
             cols = max(1, min(num_keys, ctx.chunk * num_keys // num_queries))
             buffers = [query.new_empty(batch * num_queries * cols) for _ in range(1 + (need_q or need_k))]
+            # each block's keys and values, contiguous (see forward), with the rows of ones appended
+            key_block_buffer = query.new_empty(batch * (qk_channels + 1) * cols)
+            value_block_buffer = query.new_empty(batch * (channels + extra) * cols) if need_q or need_k else None
             for start in range(0, num_keys, cols):
                 stop = min(start + cols, num_keys)
-                size = batch * num_queries * (stop - start)
-                probs = buffers[0][:size].view(batch, num_queries, stop - start)
-                torch.bmm(query_aug, key_aug[:, :, start:stop], out=probs)            # S − m
+                width, size = stop - start, batch * num_queries * (stop - start)
+                key_aug = _augmented(key[:, :, start:stop], 1, key_block_buffer)
+                probs = buffers[0][:size].view(batch, num_queries, width)
+                torch.bmm(query_aug, key_aug, out=probs)                                  # S − m
                 probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
                 if need_v:   # dV = dO P = (dO / l) (l ∘ P)
                     torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
                 if not (need_q or need_k):
                     continue
-                grad_scores = buffers[1][:size].view(batch, num_queries, stop - start)
-                torch.bmm(grad_out_aug.transpose(1, 2), value_aug[:, :, start:stop], out=grad_scores)
+                grad_scores = buffers[1][:size].view(batch, num_queries, width)
+                value_aug = _augmented(value[:, :, start:stop], extra, value_block_buffer)
+                torch.bmm(grad_out_aug.transpose(1, 2), value_aug, out=grad_scores)
                 grad_scores.mul_(probs)                                              # dS = P ∘ (dP − rowsum(dO ∘ O))
                 if need_k:   # dK = Qᵀ dS (the saved query is scaled)
                     torch.bmm(query.transpose(1, 2), grad_scores, out=grad_k[:, :, start:stop])
                 if need_q:   # dQ = scale · dS Kᵀ, summed over key blocks in float32
-                    grad_q.add_(torch.bmm(grad_scores, key_aug[:, :qk_channels, start:stop].transpose(1, 2)))
+                    key_block = key_block_buffer[:batch * qk_channels * width].view(batch, qk_channels, width)
+                    grad_q.add_(torch.bmm(grad_scores, key_block.copy_(key[:, :, start:stop]).transpose(1, 2)))
         if need_q:
             grad_q.mul_(ctx.scale)
         if need_k and base2:   # the saved query carries log2(e) too: dK = scale · Qᵀ dS = ln 2 · (scale · log2(e) · Q)ᵀ dS
