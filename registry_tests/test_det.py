@@ -441,11 +441,11 @@ def test_quick_det_benchmark_times_variants_interleaved_against_the_base(tmp_pat
     import sys
     out = tmp_path / 'det.json'
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'benchmark.py'), '--suite', 'det', '--quick',
-                           '--threads', '1', '--only', 'NonLocal res4', 'NonLocal2d', '--json', str(out)],
+                           '--threads', '1', '--only', 'res4 + BN', '--json', str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    names = ['base', 'NonLocal res4', 'mmcv NonLocal2d res4']
+    names = ['base', 'NonLocal res4 + BN', 'mmcv NonLocal2d res4 + BN']
     assert [r['case'] for r in result['rows']] == names
     # interleaved: every variant in every round, each round starting with the next variant
     rounds = result['warmup_order'] + result['order']
@@ -462,7 +462,7 @@ def test_quick_det_benchmark_times_variants_interleaved_against_the_base(tmp_pat
         assert (ratio['paired_min'], ratio['paired_max']) == (pytest.approx(min(per_round)), pytest.approx(max(per_round)))
         assert row['peak_mb'] > 0 and row['memory_over_base'] == pytest.approx(row['peak_mb'] / result['rows'][0]['peak_mb'])
     (pair,) = result['pairs']
-    assert pair['case'] == 'NonLocal res4 vs mmcv NonLocal2d res4'
+    assert pair['case'] == 'NonLocal res4 + BN vs mmcv NonLocal2d res4 + BN'
     assert pair['ours_time_s']['samples'] == result['rows'][1]['time_s']['samples']
     assert pair['peer_time_s']['samples'] == result['rows'][2]['time_s']['samples']
     assert pair['speedup']['ratio'] == pytest.approx(pair['peer_time_s']['median'] / pair['ours_time_s']['median'])

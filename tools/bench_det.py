@@ -6,7 +6,16 @@ the detector without attention against each attention config of configs/det at t
 Variants: mmdet's own faster-rcnn_r50_fpn_1x_coco (base); + SE / + CBAM (every bottleneck, after
 conv3), + our NonLocal (the paper's one block after layer3.4), + DANet on C5 (AttentionNeck); our
 NonLocal and mmcv's NonLocal2d / GeneralizedAttention in every res4 bottleneck after conv3, and
-mmcv's ContextBlock in every bottleneck after conv3 (the SE / CBAM places). Every variant starts
+mmcv's ContextBlock in every bottleneck after conv3 (the SE / CBAM places). The NonLocal pairs are
+like for like: ours (the paper's BN after W_z, γ = 0) against NonLocal2d with norm_cfg=BN, and
+ours with norm=False against NonLocal2d's default (a biased W_z, zero-init); the benchmark sets
+these options on the plugins of the two res4 configs. `--only` takes substrings: 'res4 + BN' or
+'res4 no BN' runs one pair (and the base), both pairs with more rounds (about 6 minutes on a quiet
+2-core machine):
+
+    python tools/benchmark.py --suite det --only 'NonLocal res4' 'NonLocal2d res4' --warmup 1 --repeats 8
+
+Every variant starts
 from the same base weights (seeded; the blocks keep their own init), so the RPN keeps the same
 number of proposals where a block starts as the identity.
 
@@ -15,7 +24,7 @@ warm-up rounds (round i starts with variant i mod n, so no variant always runs f
 each row gives the median, min/max and quartiles of its times, the ratio of its median to the
 base's and the spread of the per-round ratios. Peak memory: each variant in its own process, peak
 RSS of the forward pass over RSS just before it (weights built). The pair rows put our NonLocal
-beside mmcv's NonLocal2d at the same positions with benchmark.py's `result_row` (peer / ours:
+beside mmcv's NonLocal2d at the same positions, with the same layers, with benchmark.py's `result_row` (peer / ours:
 > 1 means ours is faster or smaller). `--quick` runs a 128x224 image, 1 warm-up and 3 rounds
 (checks the harness; its numbers mean nothing).
 """
@@ -33,13 +42,16 @@ DET_CASES = {
     'CBAM': 'configs/det/faster-rcnn_r50-cbam_fpn_1x_coco.yaml',
     'NonLocal paper (1 block)': 'configs/det/faster-rcnn_r50-nonlocal_fpn_1x_coco.yaml',
     'DANet C5 (neck)': 'configs/det/faster-rcnn_r50_danet-c5-fpn_1x_coco.yaml',
-    'NonLocal res4': 'configs/det/faster-rcnn_r50-nonlocal-res4_fpn_1x_coco.yaml',
-    'mmcv NonLocal2d res4': 'configs/det/faster-rcnn_r50-nl2d-res4_fpn_1x_coco.yaml',
+    'NonLocal res4 + BN': 'configs/det/faster-rcnn_r50-nonlocal-res4_fpn_1x_coco.yaml',
+    'mmcv NonLocal2d res4 + BN': ('configs/det/faster-rcnn_r50-nl2d-res4_fpn_1x_coco.yaml', {'norm_cfg': {'type': 'BN'}}),
+    'NonLocal res4 no BN': ('configs/det/faster-rcnn_r50-nonlocal-res4_fpn_1x_coco.yaml', {'norm': False}),
+    'mmcv NonLocal2d res4 no BN': 'configs/det/faster-rcnn_r50-nl2d-res4_fpn_1x_coco.yaml',
     'mmcv GeneralizedAttention res4': 'configs/det/faster-rcnn_r50-gen-attn-0010-res4_fpn_1x_coco.yaml',
     'mmcv ContextBlock': 'configs/det/faster-rcnn_r50-gcb-r16_fpn_1x_coco.yaml',
 }
-# (ours, peer) at the same positions
-PAIRS = (('NonLocal res4', 'mmcv NonLocal2d res4'),)
+# (ours, peer) at the same positions with the same layers: the paper's BN after W_z in both (ours'
+# default, mmcv's norm_cfg=BN), and neither (ours norm=False, mmcv's default: a biased W_z)
+PAIRS = (('NonLocal res4 + BN', 'mmcv NonLocal2d res4 + BN'), ('NonLocal res4 no BN', 'mmcv NonLocal2d res4 no BN'))
 SHAPE, QUICK_SHAPE = (1, 3, 800, 1333), (1, 3, 128, 224)
 SCHEDULE = (1, 5)
 
@@ -59,8 +71,11 @@ def config_of(path):
         return Config.fromfile(Config._get_cfg_path(path, '')[0])
     return load_config(path)
 
-def build(path, base_state):
+def build(case, base_state):
+    path, block_options = (case, {{}}) if isinstance(case, str) else case
     model_cfg = config_of(path).model
+    for plugin in model_cfg.backbone.get('plugins') or []:       # mmdet ResNet plugins: options of each block
+        plugin['cfg'].update(block_options)
     model = MODELS.build(model_cfg)
     if base_state is not None:
         missing = model.load_state_dict(base_state, strict=False)
@@ -111,6 +126,15 @@ report(base)
 """
 
 
+def describe(name: str) -> str:
+    """A variant's config, with the block options the benchmark sets on each of its plugins."""
+    case = DET_CASES[name]
+    if isinstance(case, str):
+        return case
+    path, options = case
+    return f"{path} with {', '.join(f'{k}={v!r}' for k, v in options.items())} in every plugin"
+
+
 def case_names(args) -> list[str]:
     """Selected variants (--only: substring match); the base is always timed, the ratios need it."""
     names = [n for n in DET_CASES if not args.only or any(o in n for o in args.only)]
@@ -143,13 +167,13 @@ def run_det(args) -> dict:
     for name in names:
         t = spread(timing['times'][name])
         per_round = [v / b for v, b in zip(timing['times'][name], base_times)]
-        rows.append(dict(case=name, config=DET_CASES[name], shape=list(shape), warmup=warmup, repeats=repeats,
+        rows.append(dict(case=name, config=describe(name), shape=list(shape), warmup=warmup, repeats=repeats,
                          time_s=t, time_over_base=dict(ratio=t['median'] / statistics.median(base_times),
                                                        paired_median=statistics.median(per_round),
                                                        paired_min=min(per_round), paired_max=max(per_round)),
                          peak_mb=memory[name]['peak_mb'], process_peak_mb=memory[name]['process_peak_mb'],
                          memory_over_base=memory[name]['peak_mb'] / max(base_mb, 1e-3)))
-    pairs = [result_row(f'{ours} vs {peer}', shape, DET_CASES[ours], DET_CASES[peer], _pair_timing(timing, ours, peer),
+    pairs = [result_row(f'{ours} vs {peer}', shape, describe(ours), describe(peer), _pair_timing(timing, ours, peer),
                         memory[ours], memory[peer], warmup)
              for ours, peer in PAIRS if ours in names and peer in names]
     return dict(rows=rows, pairs=pairs, order=timing['order'], warmup_order=timing['warmup_order'])

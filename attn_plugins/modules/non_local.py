@@ -175,12 +175,12 @@ class NonLocal(HostInit, nn.Module):
         if _helpers.use_dense(num_queries, num_keys):
             return torch.bmm(value, self._dense_weights(query, key).transpose(1, 2))
         a, b = self._concat_terms(query, key)
-        chunk = max(1, self.chunk_elements // num_keys)
+        chunk = _helpers.chunk_rows(num_queries, self.chunk_elements // num_keys)
         if torch.jit.is_scripting():   # TorchScript cannot script an autograd.Function: chunks only
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
         elif torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or value.requires_grad):
             # as the softmax modes: each chunk's (Nk x chunk) map is recomputed in backward, not saved
-            rows = max(1, min(self.chunk_elements, _helpers.FLASH_CHUNK_ELEMENTS) // num_keys)
+            rows = _helpers.chunk_rows(num_queries, min(self.chunk_elements, _helpers.FLASH_CHUNK_ELEMENTS) // num_keys)
             return chunked_concat_attention(a, b, value, rows) / num_keys
         else:
             pieces = [_concat_chunk(a[:, s:s + chunk], b, value) for s in range(0, num_queries, chunk)]
