@@ -324,7 +324,7 @@ def _pyramid_panels(block: PyramidAttention, features, num_frames: int) -> tuple
     size = tuple(attention.shape)
     levels = pyramid_level_attention(block, features)[:, 0].unflatten(1, size).float().cpu().numpy()
     beta = block.level_weights().tolist()
-    rows = [(attention.cpu().numpy(), 'attention a = Σ_l β_l a_l (softmax over all positions)')]
+    rows = [(attention.cpu().numpy(), 'attention a = Σ_l β_l a_l')]
     rows += [(level, f"level {l} ({c} ch{', target' if l == block.target_index else ''}): a_{l}, β_{l} {b:.2f}")
              for l, (level, c, b) in enumerate(zip(levels, block.in_channels, beta))]
     if len(size) == 2:
