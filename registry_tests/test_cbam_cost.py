@@ -1,0 +1,79 @@
+"""CBAM's cost against timm's CbamModule (issue 10: CBAM-ResNet-50 overhead at most timm's), shown
+by the ops each runs rather than by wall-clock, and the benchmark's ours-vs-peer goal statistics."""
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from attn_plugins.modules import CBAM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+import bench_models  # noqa: E402
+
+
+def _ops(block, x) -> list[tuple[str, list]]:
+    with torch.no_grad():
+        block(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            block(x)
+    return [(e.name, e.input_shapes) for e in prof.events()]
+
+
+def _maps(shapes, threshold: int) -> tuple:
+    """The shapes of an op's tensor arguments with at least `threshold` elements."""
+    return tuple(tuple(s) for s in shapes if isinstance(s, list) and s and torch.Size(s).numel() >= threshold)
+
+
+def test_cbam_runs_timm_ops_on_maps_and_its_mlp_as_matrix_products():
+    """On every tensor of map size (>= B·H·W elements) ours runs exactly timm's ops with the same
+    shapes; the shared MLP is two F.linear on the (2B, C) pooled vectors, not 1x1 convolutions on
+    a (2B, C, 1, 1) batch, which PyTorch sends to oneDNN with more than one thread (2.2-2.4x the
+    time of timm's batch-1 convs at 2 threads): the only convolution is the spatial 7x7."""
+    from timm.layers.cbam import CbamModule
+    batch, channels, size = 2, 64, 16
+    x = torch.randn(batch, channels, size, size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours, peer = _ops(CBAM(channels).eval(), x), _ops(CbamModule(channels).eval(), x)
+    finally:
+        torch.set_num_threads(threads)
+    threshold = batch * size * size
+    assert threshold > 2 * batch * channels                    # the pooled vectors are below it
+    on_maps = lambda ops: Counter((n, _maps(s, threshold)) for n, s in ops if _maps(s, threshold))  # noqa: E731
+    assert on_maps(ours) == on_maps(peer) and sum(on_maps(ours).values()) >= 8
+    convolutions = [s[0] for n, s in ours if n == 'aten::convolution']
+    assert convolutions == [[batch, 2, size, size]]
+    assert not [s for n, s in ours if n == 'aten::mkldnn_convolution' and s[0][2:] == [1, 1]]
+    assert [s[0] for n, s in ours if n == 'aten::linear'] == [[2 * batch, channels], [2 * batch, channels // 16]]
+
+
+def test_goal_compares_ours_and_peer_round_by_round():
+    """The goal is decided on the per-round ratio ours / peer (median and its 95% interval), not
+    on the two medians of ratios to the base: here ours beat the peer in 2 of 3 rounds although its
+    median overhead is the larger."""
+    times = dict(base=[1.0, 1.0, 1.0], ours=[1.1, 1.2, 1.3], peer=[1.15, 1.25, 1.0])
+    timing = dict(times=times, order=[list(times)] * 3,
+                  complexity={k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
+                              for k in times})
+    memory = {k: dict(peak_mb=1.0, process_peak_mb=1.0) for k in times}
+    goal = bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+    assert goal['ours_time_overhead'] == pytest.approx(0.2) and goal['peer_time_overhead'] == pytest.approx(0.15)
+    assert goal['passed'] and goal['ours_vs_peer'] == pytest.approx(1.2 / 1.25)
+    assert goal['ours_vs_peer_ci'] == pytest.approx([1.1 / 1.15, 1.3 / 1.0])
+    assert goal['verdict'] == 'tie within the 95% interval'
+    assert 'ours / peer 0.960 per round' in bench_models.goal_lines(dict(goals=[goal]))[0]
+
+
+def test_median_interval_is_the_binomial_one():
+    """n = 100: the 40th and 61st smallest (exact binomial coverage 96.5%); small n: the whole range."""
+    samples = [float(i) for i in range(100, 0, -1)]
+    assert bench_models.median_ci(samples) == (50.5, 40.0, 61.0)
+    assert bench_models.median_ci([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    assert bench_models.GOAL_SCHEDULE[1] >= 60 and bench_models.MODEL_CASES['ResNet-50 + CBAM']['schedule'] == \
+        bench_models.GOAL_SCHEDULE
