@@ -120,13 +120,13 @@ def test_diversity_loss_makes_the_level_maps_complementary():
     opt = torch.optim.Adam([block.score, block.components], lr=0.1)
     block(feats)
     start = block.diversity_loss.item()
-    for _ in range(60):
+    for _ in range(20):
         block(feats)
         opt.zero_grad()
         block.diversity_loss.backward()
         opt.step()
     block(feats)
-    assert block.diversity_loss.item() < 0.3 * start, (start, block.diversity_loss.item())
+    assert block.diversity_loss.item() < 0.1 * start, (start, block.diversity_loss.item())
 
 
 def test_other_positions_change_a_positions_weight():
