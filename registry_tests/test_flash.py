@@ -139,6 +139,41 @@ def test_bf16_autocast_close_to_fp32(force_chunks):
     assert max(errors.values()) < 0.03, errors
 
 
+class BmmLayouts(TorchDispatchMode):
+    """Records (dtype, operand layouts) of every bmm: 'plain' (contiguous), 'transposed' (its last
+    two dims transposed are contiguous) or 'strided' (anything else)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == 'bmm':
+            layouts = ['plain' if t.is_contiguous() else 'transposed' if t.transpose(-1, -2).is_contiguous()
+                       else 'strided' for t in args[:2]]
+            self.calls.append((args[0].dtype, tuple(args[0].shape), tuple(args[1].shape), *layouts))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('needs', ['qkv', 'v'])
+def test_bf16_bmm_operands_need_no_copy(force_chunks, needs):
+    """A 16-bit bmm on the CPU (oneDNN) copies each operand that is neither contiguous nor
+    transposed-contiguous whole, on every call: V for each query chunk in forward and dO for each
+    key block in backward were copied so (slices of the augmented [V; 1] and [dO; −rowsum]), as
+    many bytes as the score chunks themselves. Every bmm of forward and backward gets its operands
+    in one of the two layouts, queries passed as the blocks make them (a transposed view)."""
+    query, key, value = inputs(torch.float32, nq=64, nk=48, ck=8, cv=16, requires_grad=False)
+    for name, t in zip('qkv', (query, key, value)):
+        t.requires_grad_(name in needs)
+    with BmmLayouts() as log:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)
+        out.backward(torch.randn(out.shape, dtype=out.dtype))
+    assert len(log.calls) >= 2 * 7 + 7 * (1 + 4 * (needs == 'qkv')), log.calls   # 7 chunks, 7 key blocks
+    assert {dtype for dtype, *_ in log.calls} == {torch.bfloat16}, log.calls
+    assert not [call for call in log.calls if 'strided' in call], log.calls
+
+
 def test_scripted_block_still_trains(force_chunks):
     """TorchScript cannot run an autograd.Function: a scripted PositionAttention trains on its chunk path."""
     from attn_plugins import modules as m
