@@ -17,10 +17,16 @@ other copies resize them (224 x 224): any square size is read.
 Angles: (pitch, yaw) -> unit vector (-cos p sin y, -sin p, -cos p cos y) (pytorch_mpiigaze's
 `convert_to_unit_vector`; `attn_plugins.models.gaze.gaze_vector`).
 Evaluation in the paper: leave one person out (15 folds), mean angular error in degrees.
+
+Person groups are the top-level groups named `pNN` (p00 ... p14 in the release; any two digits
+are read). pytorch_mpiigaze never lists the file: it opens `p00` ... `p14` by name, so other
+top-level entries (a 'meta' group or dataset a user added) are not persons there, and here they are
+ignored too (not read, not counted); naming one in `persons` is an error.
 """
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +39,7 @@ PERSONS = tuple(f'p{i:02d}' for i in range(15))
 FIELDS = ('image', 'gaze', 'pose')
 CHANNEL_ORDERS = ('rgb', 'bgr')
 SPLITS = ('train', 'test', 'all')
+PERSON_GROUP = re.compile(r'p\d{2}')      # p00 ... p14: the only top-level groups read as persons
 
 
 def _h5py():
@@ -53,10 +60,15 @@ def _open(path: str):
         raise ConfigError(f"MPIIFaceGaze: {path!r} is not a readable HDF5 file ({err})") from None
 
 
+def _person_groups(f) -> list[str]:
+    """The top-level groups named pNN, sorted; any other entry is not a person (module docstring)."""
+    return sorted(k for k in f.keys() if PERSON_GROUP.fullmatch(k) and isinstance(f[k], _h5py().Group))
+
+
 def persons_in_file(path: str) -> list[str]:
-    """The person groups (`pXX`) of the file, sorted."""
+    """The person groups (`pNN`) of the file, sorted; other top-level entries are ignored."""
     with _open(path) as f:
-        return sorted(k for k in f.keys() if isinstance(f[k], _h5py().Group))
+        return _person_groups(f)
 
 
 def leave_one_person_out(persons: Sequence[str], test_person: str, where: str = 'test_person') -> tuple[list[str], list[str]]:
@@ -75,7 +87,8 @@ class MPIIFaceGaze(Dataset):
         path: the HDF5 file.
         persons: the persons to read (default: every `pXX` group of the file); or
         test_person + split: leave-one-person-out fold: split 'train' reads every other person,
-            'test' reads `test_person` only, 'all' reads every person.
+            'test' reads `test_person` only. split 'all' (the default) reads every person and
+            takes no test_person (an error, not an ignored key: the fold would not be held out).
         channel_order: 'rgb' (default: the stored BGR channels reversed) or 'bgr' (as stored).
 
     Item i: dict(image=(3, H, W) uint8 tensor, gaze=(2,) float32 (pitch, yaw) rad, pose=(2,)
@@ -92,16 +105,22 @@ class MPIIFaceGaze(Dataset):
             raise ConfigError(f"split: expected one of {SPLITS}, got {split!r}{did_you_mean(split, SPLITS)}")
         self.path, self.channel_order = os.fspath(path), channel_order
         with _open(self.path) as f:
-            available = sorted(k for k in f.keys() if isinstance(f[k], _h5py().Group))
+            available = _person_groups(f)
             if not available:
-                raise ConfigError(f"MPIIFaceGaze: {self.path!r} has no person groups (expected p00 ... p14)")
+                others = ', '.join(sorted(f.keys())) or 'nothing'
+                raise ConfigError(f"MPIIFaceGaze: {self.path!r} has no person groups (expected groups p00 ... p14; "
+                                  f"it holds {others})")
             if persons is not None and test_person is not None:
                 raise ConfigError("MPIIFaceGaze: give either `persons` or `test_person` (with `split`), not both")
+            if split == 'all' and test_person is not None:
+                raise ConfigError(f"split: 'all' reads every person, {test_person!r} included, so test_person="
+                                  f"{test_person!r} would be ignored; use split 'train' or 'test' for its "
+                                  "leave-one-person-out fold, or drop test_person to read every person")
             if split != 'all' and test_person is None:
                 raise ConfigError(f"split: {split!r} needs `test_person` (the person left out), e.g. test_person='p00'")
             if persons is None:
                 persons = available
-                if test_person is not None and split != 'all':
+                if test_person is not None:
                     train, test = leave_one_person_out(available, test_person)
                     persons = train if split == 'train' else test
             elif isinstance(persons, str):
@@ -114,8 +133,10 @@ class MPIIFaceGaze(Dataset):
         self._pid = None
 
     def _keys(self, f, person: str, available: list[str]) -> list[str]:
-        if person not in f:
-            raise ConfigError(f"MPIIFaceGaze: {self.path!r} has no group {person!r} ({', '.join(available)})"
+        if person not in available:
+            what = (f": {person!r} is not a person group (persons are the pNN groups" if person in f
+                    else f" has no group {person!r} (its persons")
+            raise ConfigError(f"MPIIFaceGaze: {self.path!r}{what}: {', '.join(available)})"
                               f"{did_you_mean(person, available)}")
         keys = {}
         for field in FIELDS:

@@ -339,7 +339,8 @@ class MPIIFaceGazeDataset:
     Args:
         data_file: the HDF5 file (pXX/image, pXX/gaze, pXX/pose).
         test_person: the person left out (the paper: each of p00 ... p14 in turn).
-        split: 'train' (every other person), 'test' (test_person) or 'all'.
+        split: 'train' (every other person), 'test' (test_person) or 'all' (every person; no
+            test_person: giving one is an error). Persons are the file's pNN groups (others ignored).
         persons: an explicit list of persons instead of test_person/split.
         img_size: resize faces to img_size x img_size (antialiased bilinear) when stored otherwise.
         channel_order: 'rgb' (default; the file's BGR reversed) or 'bgr'.
