@@ -1,6 +1,8 @@
 """Video (issue 9): tools/train.py --resume continues a non-local video run exactly as if it had
 never stopped (optimizer state, LR schedule, and the random frame offsets of SampleFrames)."""
+import glob
 import importlib.util
+import json
 import os
 
 import pytest
@@ -20,6 +22,13 @@ def tool(name):
     return module
 
 
+def trained_iterations(work_dir):
+    """Iterations that the latest run in `work_dir` trained (its scalars.json, one record each)."""
+    latest = sorted(p for p in glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1]
+    with open(latest) as f:
+        return [record['iter'] for record in map(json.loads, f) if 'loss' in record]
+
+
 def test_resume_with_the_tools_continues_exactly(tmp_path):
     """An epoch-based run of the toy C2D non-local config stopped after epoch 1 and resumed with
     --resume ends with the weights (and AdamW moments) of the run that was never stopped."""
@@ -30,7 +39,8 @@ def test_resume_with_the_tools_continues_exactly(tmp_path):
         'train_dataloader.dataset.indices=8', 'train_dataloader.batch_size=4',   # 2 iterations an epoch
         'val_dataloader.dataset.indices=4',
         'train_cfg.max_epochs=2', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
-        'param_scheduler.0.T_max=2', 'param_scheduler.0.end=2', 'log_level=WARNING']
+        'param_scheduler.0.T_max=2', 'param_scheduler.0.end=2', 'default_hooks.logger.interval=1',
+        'log_level=WARNING']
     train = tool('train').main
     assert train([C2D_TOY, '--work-dir', str(tmp_path / 'a'), '--cfg-options', *options]) == 0
     first = build_runner(C2D_TOY, work_dir=str(tmp_path / 'b'), cfg_options=options)
@@ -38,6 +48,8 @@ def test_resume_with_the_tools_continues_exactly(tmp_path):
     first.train()
     assert os.path.exists(tmp_path / 'b' / 'epoch_1.pth') and not os.path.exists(tmp_path / 'b' / 'epoch_2.pth')
     assert train([C2D_TOY, '--work-dir', str(tmp_path / 'b'), '--resume', '--cfg-options', *options]) == 0
+    assert trained_iterations(tmp_path / 'a') == [1, 2, 3, 4]
+    assert trained_iterations(tmp_path / 'b') == [3, 4]          # went on from epoch 1, not from scratch
     a = torch.load(str(tmp_path / 'a' / 'epoch_2.pth'), map_location='cpu', weights_only=True)
     b = torch.load(str(tmp_path / 'b' / 'epoch_2.pth'), map_location='cpu', weights_only=True)
     assert a['meta']['iter'] == b['meta']['iter'] == 4
