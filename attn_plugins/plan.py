@@ -79,6 +79,76 @@ def registry_error(err: Exception, model_cfg: Any, scope: str | None) -> ConfigE
                        f"{did_you_mean(name, _registry_names(scope))}")
 
 
+MMCV_PLUGIN_KEYS = ('cfg', 'position', 'stages')
+MMCV_PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+BASIC_BLOCK_DEPTHS = (18, 34)
+
+
+def _is_mmcv_plugin(spec: Any) -> bool:
+    """An OpenMMLab ResNet plugin spec (dict(cfg=dict(type=...), position='after_conv3', stages=...)),
+    not an injector spec (type, where, ...)."""
+    return isinstance(spec, dict) and ('cfg' in spec or 'stages' in spec
+                                       or str(spec.get('position', '')).startswith('after_conv'))
+
+
+def check_mmcv_plugins(cfg: Any, key: str = 'model') -> None:
+    """Check every OpenMMLab ResNet `plugins` list of a model config (mmcv plugin specs) before it is
+    built, raising a ConfigError naming the key (did-you-mean for typos): mmdet/mmseg ResNets assert
+    a position without a message, drop an unknown spec key silently (`stage:` for `stages:` puts the
+    block in every stage), refuse plugins in BasicBlock depths with 'Not implemented yet.', and an
+    option typo of one of our blocks reaches its constructor as a TypeError naming no key. Unknown
+    block types are named with a did-you-mean by `registry_error` once the build fails."""
+    from .registry import BLOCKS, SCOPE, check_options
+    if isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            check_mmcv_plugins(value, f'{key}.{i}')
+        return
+    if not isinstance(cfg, dict):
+        return
+    plugins = cfg.get('plugins')
+    if isinstance(plugins, (list, tuple)) and any(_is_mmcv_plugin(spec) for spec in plugins):
+        if cfg.get('depth') in BASIC_BLOCK_DEPTHS:
+            raise ConfigError(f"{key}.plugins: a depth-{cfg['depth']} {cfg.get('type', 'ResNet')} is built of "
+                              "BasicBlocks, which take no mmcv plugins (they go into Bottlenecks: depth 50, 101, "
+                              "152); put blocks into a BasicBlock ResNet with InjectAttention")
+        num_stages = cfg.get('num_stages', 4)
+        for i, spec in enumerate(plugins):
+            where = f'{key}.plugins.{i}'
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{where}: expected a plugin spec dict(cfg=dict(type=...), position=...), got {spec!r}")
+            if 'cfg' not in spec:
+                hint = (f" (the block goes in 'cfg': {{cfg: {{type: {spec['type']}, ...}}, position: ...}})"
+                        if 'type' in spec else '')
+                raise ConfigError(f"{where}.cfg: missing{hint}; an mmcv plugin spec has keys "
+                                  f"{', '.join(MMCV_PLUGIN_KEYS)}")
+            for name in spec:
+                if name not in MMCV_PLUGIN_KEYS:
+                    raise ConfigError(f"{where}.{name}: unknown key of an mmcv plugin spec (the backbone would ignore "
+                                      f"it){did_you_mean(name, MMCV_PLUGIN_KEYS)} Keys: cfg (the block: "
+                                      "dict(type=...)), position (after_conv1/2/3), stages (one bool per stage; "
+                                      "absent: every stage)")
+            position = spec.get('position')
+            if position not in MMCV_PLUGIN_POSITIONS:
+                got = 'missing;' if position is None else (f'{position!r} is not a plugin position'
+                                                           f'{did_you_mean(position, MMCV_PLUGIN_POSITIONS)}')
+                raise ConfigError(f"{where}.position: {got} Positions: {', '.join(MMCV_PLUGIN_POSITIONS)}")
+            stages = spec.get('stages')
+            if stages is not None and (not isinstance(stages, (list, tuple)) or len(stages) != num_stages
+                                       or not all(isinstance(s, bool) for s in stages)):
+                raise ConfigError(f"{where}.stages: expected {num_stages} booleans, one per stage (num_stages="
+                                  f"{num_stages}), got {stages!r}")
+            block = spec['cfg']
+            if not isinstance(block, dict) or not isinstance(block.get('type'), str):
+                raise ConfigError(f"{where}.cfg: expected the block as a dict with a 'type', got {block!r}")
+            name = block['type'][len(SCOPE) + 1:] if block['type'].startswith(SCOPE + '.') else block['type']
+            if name in BLOCKS:            # our block: its options, as registry.build checks them
+                options = {k: v for k, v in block.items() if k not in ('type', 'postfix', 'in_channels', 'channels')}
+                check_options(BLOCKS[name], options, f'{where}.cfg')
+    for name, value in cfg.items():
+        if name != 'plugins' or not isinstance(value, (list, tuple)):
+            check_mmcv_plugins(value, f'{key}.{name}')
+
+
 def build_config_model(cfg) -> nn.Module:
     """The model of a loaded config (`attn_plugins.config.load_config`), built as training builds
     it: in the config's default scope, through mmengine's MODELS (or timm for 'timm/<name>'), with
@@ -92,6 +162,7 @@ def build_config_model(cfg) -> nn.Module:
     scope = cfg.get('default_scope')
     if scope:
         init_default_scope(scope)
+    check_mmcv_plugins(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
     try:
         return build_model(model_cfg)
     except (KeyError, ConfigError) as err:

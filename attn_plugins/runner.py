@@ -78,6 +78,11 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         if isinstance(cfg.get('visualizer'), dict):  # OpenMMLab bases name it 'visualizer': one per process
             cfg.visualizer['name'] = cfg.experiment_name
         cfg = Config(cfg.to_dict())
+    from .plan import check_mmcv_plugins
+    try:
+        check_mmcv_plugins(cfg.get('model'))
+    except ConfigError as err:
+        raise ConfigError(f"{config}: {err}") from None
     try:
         runner = Runner.from_cfg(cfg)
     except TypeError as err:        # a config option the class does not take (mmengine names the class)
