@@ -1,7 +1,7 @@
 """`attn-plugins` command line: env, list, train, test, plan, viz, bench.
 
     attn-plugins train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options K=V ...] [--launcher pytorch]
-    attn-plugins test CONFIG CHECKPOINT [--out metrics.json] [--allow-partial-checkpoint] ...
+    attn-plugins test CONFIG CHECKPOINT [--out PREDICTIONS] [--metrics-json PATH] [--allow-partial-checkpoint] ...
     attn-plugins plan CONFIG [--input-shape H,W] [--json PATH] [--cfg-options K=V ...]
     attn-plugins viz CONFIG [--checkpoint CKPT] [--image PATH | --sample N] [--out DIR] [--queries X,Y[,T] ...]
     attn-plugins bench [--suite blocks|seg|train|models] [--paper] [--quick] [--json PATH] [--readme JSON]
@@ -82,7 +82,12 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--work-dir')
-    parser.add_argument('--out', help='write the metrics as JSON here')
+    parser.add_argument('--out', metavar='PREDICTIONS',
+                        help="dump the predictions, as the task's OpenMMLab tools/test.py --out does: segmentation: "
+                             "a directory of predicted label PNGs, one per image (mmseg's IoUMetric output_dir); "
+                             "detection: a .pkl of every image's results (mmdet's DumpDetResults); other tasks: "
+                             "a .pkl of the model's outputs (mmengine's DumpResults, as mmaction2's --dump)")
+    parser.add_argument('--metrics-json', metavar='PATH', help='also write the metrics printed as JSON here')
     parser.add_argument('--allow-partial-checkpoint', action='store_true',
                         help="evaluate even if the checkpoint lacks some of the model's weights or has others "
                              '(by default that is an error: the metrics would be of a partly random model)')
@@ -107,12 +112,45 @@ def evaluate(args: argparse.Namespace) -> int:
                           launcher=args.launcher, load_from=args.checkpoint,
                           trust_config=args.trust_config, allow_partial_checkpoint=args.allow_partial_checkpoint,
                           check_data=('test_dataloader',))
+    if args.out:
+        dump_predictions(runner, args.out)
     metrics = {k: float(v) for k, v in runner.test().items()}
     print(json.dumps(metrics, indent=2))
-    if args.out:
-        with open(args.out, 'w') as f:
+    if args.metrics_json:
+        with open(args.metrics_json, 'w') as f:
             json.dump(metrics, f, indent=2)
     return 0
+
+
+def dump_predictions(runner, out: str) -> None:
+    """Make `runner.test()` also write its predictions to `out`, as the task's OpenMMLab test tool
+    does with --out (see add_test_arguments); a path of the wrong kind is a ConfigError."""
+    import os
+
+    from .registry import ConfigError
+    metrics = runner.test_evaluator.metrics
+    try:
+        from mmseg.evaluation import IoUMetric
+    except ImportError:           # the seg extra is not installed: no mmseg evaluator either
+        IoUMetric = ()
+    seg = [m for m in metrics if isinstance(m, IoUMetric)]
+    if seg:
+        if out.endswith(('.json', '.pkl', '.pickle')) or os.path.isfile(out):
+            raise ConfigError(f"--out {out}: for segmentation --out is the directory the predicted label PNGs go "
+                              "to (as mmseg's tools/test.py --out); metrics as JSON: --metrics-json PATH")
+        os.makedirs(out, exist_ok=True)
+        for metric in seg:
+            metric.output_dir = out
+        return
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ConfigError(f"--out {out}: the predictions are dumped as a pickle (as mmdet's tools/test.py --out); "
+                          "name a .pkl file (metrics as JSON: --metrics-json PATH)")
+    if any(type(m).__module__.startswith('mmdet.') for m in metrics):
+        from mmdet.evaluation import DumpDetResults
+        metrics.append(DumpDetResults(out_file_path=out))
+    else:
+        from mmengine.evaluator import DumpResults
+        metrics.append(DumpResults(out_file_path=out))
 
 
 def run_command(prog: str, command, args: argparse.Namespace) -> int:

@@ -1,11 +1,12 @@
 """Detection through the tools as a user runs them: tools/train.py and tools/test.py on a
 configs/det/toy config and generated COCO data (--cfg-options, --resume continuing exactly,
---out metrics.json), progress lines, DDP on gloo with torchrun, mmdet's own tools/train.py on
+--metrics-json, --out predictions .pkl as mmdet's), progress lines, DDP on gloo with torchrun, mmdet's own tools/train.py on
 our YAML, the demo's detection part, and malformed annotation files stopped before training
 with one line naming the file and the annotation."""
 import glob
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -60,10 +61,17 @@ def trained(toy_coco, tmp_path_factory):
 
 def test_train_writes_checkpoints_and_test_reproduces_the_val_metrics(trained, toy_coco, tmp_path, capsys):
     assert sorted(os.listdir(trained)).count('epoch_2.pth') == 1 and os.path.exists(os.path.join(trained, 'epoch_1.pth'))
-    out = str(tmp_path / 'metrics.json')
+    out, predictions = str(tmp_path / 'metrics.json'), str(tmp_path / 'predictions.pkl')
     code = tool('test').main([COCO_CFG, os.path.join(trained, 'epoch_2.pth'), '--work-dir', str(tmp_path / 'test'),
-                              '--out', out, '--cfg-options', *coco_options(toy_coco, 2)])
+                              '--metrics-json', out, '--out', predictions, '--cfg-options', *coco_options(toy_coco, 2)])
     assert code == 0
+    with open(os.path.join(toy_coco, 'annotations', 'instances_val2017.json')) as f:
+        val_ids = sorted(image['id'] for image in json.load(f)['images'])
+    with open(predictions, 'rb') as f:             # mmdet's --out: DumpDetResults, one entry per image
+        dumped = pickle.load(f)
+    assert sorted(entry['img_id'] for entry in dumped) == val_ids
+    assert all(set(entry['pred_instances']) >= {'bboxes', 'scores', 'labels'} for entry in dumped)
+    assert sum(len(entry['pred_instances']['scores']) for entry in dumped) > 0
     metrics = json.load(open(out))
     assert set(metrics) == {f'coco/bbox_mAP{s}' for s in ('', '_50', '_75', '_s', '_m', '_l')}
     logged = last_val_metrics(trained)

@@ -301,7 +301,7 @@ def test_toy_model_learns_gaze_through_the_tools(toy_file, tmp_path):
     logs = [os.path.join(root, name) for root, _, names in os.walk(work) for name in names if name.endswith('.log')]
     assert any(f'resumed epoch: 0, iter: {iters // 2}' in open(p).read() for p in logs)
     out = str(tmp_path / 'metrics.json')
-    assert test.main([TOY, os.path.join(work, f'iter_{iters}.pth'), '--work-dir', str(tmp_path / 'test'), '--out', out,
+    assert test.main([TOY, os.path.join(work, f'iter_{iters}.pth'), '--work-dir', str(tmp_path / 'test'), '--metrics-json', out,
                       '--cfg-options', *_options(toy_file, iters)]) == 0
     with open(out) as f:
         error = json.load(f)['mean_angular_error']

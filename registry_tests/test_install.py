@@ -2,6 +2,7 @@
 (it imports none of timm, mmengine, mmcv, mmseg, mmdet) and registers into each framework when that
 is imported; the core install (no OpenMMLab extras) runs the timm and injector features; the
 `attn-plugins train` / `test` commands run tools/train.py's and tools/test.py's code."""
+import glob
 import json
 import os
 import site
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMEWORKS = ('timm', 'mmengine', 'mmcv', 'mmseg', 'mmdet')
@@ -146,14 +149,20 @@ def test_cli_train_and_test_commands(tmp_path):
     train = subprocess.run(command + ['train', config, '--work-dir', work, '--cfg-options', *options],
                            capture_output=True, text=True, cwd=str(tmp_path))
     assert train.returncode == 0, train.stderr[-3000:]
-    metrics = str(tmp_path / 'metrics.json')
+    metrics, predictions = str(tmp_path / 'metrics.json'), str(tmp_path / 'predictions')
     test = subprocess.run(command + ['test', config, os.path.join(work, 'iter_1.pth'), '--work-dir', work,
-                                     '--out', metrics, '--cfg-options', *options],
+                                     '--metrics-json', metrics, '--out', predictions, '--cfg-options', *options],
                           capture_output=True, text=True, cwd=str(tmp_path))
     assert test.returncode == 0, test.stderr[-3000:]
-    with open(metrics) as f:                                   # --out holds the metrics printed
+    with open(metrics) as f:                                   # --metrics-json holds the metrics printed
         written = json.load(f)
     assert {'aAcc', 'mIoU', 'mAcc'} <= set(written) and written == json.loads(test.stdout[test.stdout.index('{'):])
+    # --out: one predicted label PNG per val image, as mmseg's tools/test.py --out writes them
+    images = sorted(glob.glob(os.path.join(data, 'leftImg8bit', 'val', '*', '*_leftImg8bit.png')))
+    assert images and sorted(os.listdir(predictions)) == sorted(os.path.basename(p) for p in images)
+    for image in images:
+        label = np.array(Image.open(os.path.join(predictions, os.path.basename(image))))
+        assert label.shape == Image.open(image).size[::-1] and label.dtype == np.uint8 and label.max() < 19
     missing = subprocess.run(command + ['test', config, os.path.join(work, 'iter_9.pth'), '--work-dir', work],
                              capture_output=True, text=True, cwd=str(tmp_path))
     assert missing.returncode == 2 and missing.stderr.startswith('attn-plugins test: error: ')

@@ -423,7 +423,7 @@ def test_toy_vgg_att3_learns_with_the_tools(tmp_path):
                                'log_level=WARNING']) == 0
     out = tmp_path / 'metrics.json'
     assert tool('test').main([TOY_ATT3, str(work / 'epoch_3.pth'), '--work-dir', str(tmp_path / 'test'),
-                              '--out', str(out), '--cfg-options', *data_options(data), 'log_level=WARNING']) == 0
+                              '--metrics-json', str(out), '--cfg-options', *data_options(data), 'log_level=WARNING']) == 0
     metrics = json.loads(out.read_text())
     labels = read_cifar(data, 'cifar10', 'test').labels
     majority_error = 100 * (1 - np.bincount(labels).max() / len(labels))

@@ -367,7 +367,7 @@ def test_nonlocal_i3d_learns_the_motion_task(toy_data, tmp_path, capsys):
     options = data_options(toy_data, 6)
     assert tool('train').main([config, '--work-dir', work, '--cfg-options', *options]) == 0
     out = os.path.join(work, 'metrics.json')
-    assert tool('test').main([config, os.path.join(work, 'epoch_6.pth'), '--work-dir', work, '--out', out,
+    assert tool('test').main([config, os.path.join(work, 'epoch_6.pth'), '--work-dir', work, '--metrics-json', out,
                               '--cfg-options', *options]) == 0
     with open(out) as f:
         top1 = json.load(f)['acc/top1']
