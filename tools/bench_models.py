@@ -6,8 +6,11 @@ count plus the gate ops it skips, see tools/bench_flops.py), CPU latency and pea
 forward pass, and the ratio of each to the base. Latency: all variants of a case run in one
 process on the same input, interleaved in rounds (the order rotates every round) after untimed
 warm-up rounds; median, min/max and quartiles per variant, ratios of medians and the range of
-per-round ratios. Peak memory: each variant in its own process, peak RSS of the forward minus
-RSS before it (after a smaller warm-up forward where the model allows one).
+per-round ratios. A goal (ours' time overhead at most the peer's) is decided on the per-round
+ratio ours / peer: its median, with a distribution-free 95% interval (`median_ci`) that says
+whether the difference is larger than the rounds' noise. Peak memory: each variant in its own
+process, peak RSS of the forward minus RSS before it (after a smaller warm-up forward where the
+model allows one).
 
 Cases (`MODEL_CASES`; other suites add theirs with `register_model_case`, e.g. the detectors):
     ResNet-50 + SE        every bottleneck, after bn3 (ours: injector) | timm seresnet50
