@@ -37,9 +37,6 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')   # mme
 
 CONFIG = os.path.join(ROOT, 'configs', 'seg', 'toy', 'cbam_danet_r50-d8_toy.yaml')
 DET_CONFIG = os.path.join(ROOT, 'configs', 'det', 'toy', 'faster-rcnn_r50-cbam_fpn_toy-coco.yaml')
-# the demo's detection schedule: a lower lr than the 1x schedule's 0.02 and clipped gradients keep a
-# from-scratch run at batch 2 stable over more epochs
-DET_OPTIONS = {'optim_wrapper.optimizer.lr': 0.01, 'optim_wrapper.clip_grad': dict(max_norm=10, norm_type=2)}
 
 
 def attention_pictures(model, dataset, out_dir: str, count: int = 3) -> list[str]:
@@ -212,7 +209,7 @@ def detection_demo(args) -> None:
     config = DET_CONFIG if os.path.relpath(DET_CONFIG).startswith('..') else os.path.relpath(DET_CONFIG)
     print(f"[demo] training {config} for {epochs} epochs on the CPU (work dir {work_dir}) ...", flush=True)
     start = time.time()
-    runner = build_runner(DET_CONFIG, work_dir=work_dir, cfg_options={**parse_overrides(options), **DET_OPTIONS},
+    runner = build_runner(DET_CONFIG, work_dir=work_dir, cfg_options=parse_overrides(options),
                           progress_interval=50)
     runner.train()
     train_s = time.time() - start
