@@ -97,3 +97,18 @@ def test_det_bench_nonlocal_pairs_have_the_same_layers():
         assert sides[0] == sides[1], (ours, peer, sides)
         assert sides[0][1] == (1 if '+ BN' in ours else 0)
     assert 'norm_cfg' in bench_det.describe('mmcv NonLocal2d res4 + BN')
+
+
+@pytest.mark.parametrize('norm', [True, False], ids=['bn', 'no-bn'])
+def test_res4_nonlocal_flops_equal_mmcv(norm):
+    """At the res4 shape of a 800x1333 image ours and mmcv's NonLocal2d (same norm) count the same
+    convolution and bmm FLOPs: ours does no extra matrix work there, chunked or not."""
+    from mmcv.cnn import NonLocal2d
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(1, 1024, *RES4)
+    counts = []
+    for block in (NonLocal(1024, norm=norm), NonLocal2d(1024, norm_cfg=dict(type='BN') if norm else None)):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block.eval()(x)
+        counts.append({str(op): n for op, n in counter.get_flop_counts()['Global'].items()})
+    assert counts[0] == counts[1] and counts[0]['aten.bmm'] == 2 * 2 * 4200 * 4200 * 512, counts
