@@ -290,7 +290,9 @@ def _options(data_file, iters):
 @pytest.mark.slow
 def test_toy_model_learns_gaze_through_the_tools(toy_file, tmp_path):
     """tools/train.py (interrupted half-way, then --resume) and tools/test.py on the toy config:
-    the mean angular error on the left-out person ends well below the mean training gaze's."""
+    the mean angular error on the left-out person ends well below both the mean training gaze's and
+    a head-pose-only predictor's (least squares on the training poses): the model reads the irises.
+    Measured: 0.54-0.57x either (4 runs); the best constant (what a model blind to the face can do) is 0.99x."""
     iters, work = 400, str(tmp_path / 'work')
     train, test = tool('train'), tool('test')
     half = _options(toy_file, iters) + [f'train_cfg.max_iters={iters // 2}']
@@ -305,8 +307,15 @@ def test_toy_model_learns_gaze_through_the_tools(toy_file, tmp_path):
                       '--cfg-options', *_options(toy_file, iters)]) == 0
     with open(out) as f:
         error = json.load(f)['mean_angular_error']
-    mean_gaze = MPIIFaceGaze(toy_file, test_person='p00', split='train').gaze_array().mean(0)
-    truth = MPIIFaceGaze(toy_file, test_person='p00', split='test').gaze_array()
-    baseline = np.mean([law_of_cosines_deg(mean_gaze, g) for g in truth])
+    train_split = MPIIFaceGaze(toy_file, test_person='p00', split='train')
+    test_split = MPIIFaceGaze(toy_file, test_person='p00', split='test')
+    truth = test_split.gaze_array()
+    baseline = np.mean([law_of_cosines_deg(train_split.gaze_array().mean(0), g) for g in truth])
     assert baseline > 8, baseline
-    assert error < 0.8 * baseline, (error, baseline)
+
+    def with_bias(split):
+        return np.c_[np.stack([split.read_angles(i)[1] for i in range(len(split))]), np.ones(len(split))]
+    from_pose = np.linalg.lstsq(with_bias(train_split), train_split.gaze_array(), rcond=None)[0]
+    pose_only = np.mean([law_of_cosines_deg(p, g) for p, g in zip(with_bias(test_split) @ from_pose, truth)])
+    assert pose_only > 0.9 * baseline, (pose_only, baseline)      # the head pose alone says little
+    assert error < 0.7 * min(baseline, pose_only), (error, baseline, pose_only)

@@ -10,7 +10,9 @@ attn_plugins/datasets/mpiifacegaze.py). Each face is an ellipse with hair, two l
 eyes, nose and mouth, drawn with soft (anti-aliased) edges. The irises shift inside the eyes
 along the image-plane part (x right, y down) of the gaze vector (-cos p sin y, -sin p,
 -cos p cos y): a positive yaw moves them left, a positive pitch up. The inner face (eyes, nose,
-mouth) shifts with the head pose, which is correlated with the gaze as in the real data. Persons
+mouth) shifts with the head pose. The gaze is the person's mean plus a weak share of the head pose
+(POSE_COUPLING) plus the eyes' own part: pose explains only a few % of the gaze variance, so a
+model has to read the irises (a pose-only predictor is about as bad as the mean gaze). Persons
 differ in face shape, skin, hair, eye spacing and iris colour; samples in position, scale,
 colours, lighting, background and noise.
 
@@ -25,6 +27,7 @@ import os
 import numpy as np
 
 MAX_PERSONS = 15            # p00 ... p14, as the release
+POSE_COUPLING = 0.3         # gaze = person's mean + POSE_COUPLING * head pose + the eyes' own part
 IRIS_GAIN = 2.5             # iris shift / eye half-width per unit of the gaze vector's x (y: half-height)
 SKIN_DARK, SKIN_LIGHT = np.array([95., 60., 45.]), np.array([240., 205., 180.])   # RGB
 
@@ -51,8 +54,8 @@ def make_person(rng: np.random.Generator) -> dict:
                 skin=SKIN_DARK + rng.uniform() * (SKIN_LIGHT - SKIN_DARK) + rng.normal(0, 8, 3),
                 hair=rng.uniform(10, 90) * rng.uniform(0.6, 1.2, 3),
                 eye_dx=rng.uniform(0.29, 0.32), eye_y=rng.uniform(-0.20, -0.12),
-                eye_rx=rng.uniform(0.18, 0.21), eye_ry=rng.uniform(0.11, 0.13),
-                iris=rng.uniform(20, 140, 3), gaze_mean=rng.normal(0, 0.05, 2))
+                eye_rx=rng.uniform(0.24, 0.27), eye_ry=rng.uniform(0.15, 0.17),
+                iris=rng.uniform(20, 90, 3), gaze_mean=rng.normal(0, 0.05, 2))
 
 
 def render_face(rng: np.random.Generator, person: dict, gaze, pose, size: int) -> np.ndarray:
@@ -79,7 +82,7 @@ def render_face(rng: np.random.Generator, person: dict, gaze, pose, size: int) -
         sclera = _ellipse(xx, yy, ecx, ecy, erx, ery, pixel)
         _paint(image, sclera, (235, 235, 230))
         icx, icy = ecx + IRIS_GAIN * erx * ex, ecy + IRIS_GAIN * ery * ey
-        ir = 0.6 * ery
+        ir = 0.7 * ery
         _paint(image, sclera * _ellipse(xx, yy, icx, icy, ir, ir, pixel), person['iris'])
         _paint(image, sclera * _ellipse(xx, yy, icx, icy, 0.45 * ir, 0.45 * ir, pixel), (10, 10, 10))
         _paint(image, 0.6 * _ellipse(xx, yy, ecx, ecy - 1.9 * ery, 1.1 * erx, 0.3 * ery, pixel), hair)
@@ -94,7 +97,7 @@ def render_face(rng: np.random.Generator, person: dict, gaze, pose, size: int) -
 def sample_angles(rng: np.random.Generator, person: dict) -> tuple[np.ndarray, np.ndarray]:
     """(gaze, pose) (pitch, yaw) radians, in the range of the normalised data (about ±25°)."""
     pose = np.clip(rng.normal(0, [0.08, 0.12]), -0.25, 0.25)
-    gaze = np.clip(person['gaze_mean'] + pose + rng.normal(0, [0.15, 0.18]), -0.45, 0.45)
+    gaze = np.clip(person['gaze_mean'] + POSE_COUPLING * pose + rng.normal(0, [0.15, 0.18]), -0.45, 0.45)
     return gaze.astype(np.float64), pose.astype(np.float64)
 
 
