@@ -143,7 +143,7 @@ def dump_predictions(runner, out: str) -> None:
             metric.output_dir = out
         return
     if not out.endswith(('.pkl', '.pickle')):
-        raise ConfigError(f"--out {out}: the predictions are dumped as a pickle (as mmdet's tools/test.py --out); "
+        raise ConfigError(f"--out {out}: the predictions are dumped as a pickle (as mmdet's and mmpretrain's tools/test.py --out); "
                           "name a .pkl file (metrics as JSON: --metrics-json PATH)")
     if any(type(m).__module__.startswith('mmdet.') for m in metrics):
         from mmdet.evaluation import DumpDetResults

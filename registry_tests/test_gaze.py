@@ -302,11 +302,17 @@ def test_toy_model_learns_gaze_through_the_tools(toy_file, tmp_path):
     assert resumed['meta']['iter'] == iters
     logs = [os.path.join(root, name) for root, _, names in os.walk(work) for name in names if name.endswith('.log')]
     assert any(f'resumed epoch: 0, iter: {iters // 2}' in open(p).read() for p in logs)
-    out = str(tmp_path / 'metrics.json')
+    out, predictions = str(tmp_path / 'metrics.json'), str(tmp_path / 'predictions.pkl')
     assert test.main([TOY, os.path.join(work, f'iter_{iters}.pth'), '--work-dir', str(tmp_path / 'test'), '--metrics-json', out,
-                      '--cfg-options', *_options(toy_file, iters)]) == 0
+                      '--out', predictions, '--cfg-options', *_options(toy_file, iters)]) == 0
     with open(out) as f:
         error = json.load(f)['mean_angular_error']
+    with open(predictions, 'rb') as f:           # --out: every test sample's predicted and true gaze
+        dumped = pickle.load(f)
+    assert sorted(int(d['index']) for d in dumped) == list(range(len(MPIIFaceGaze(toy_file, test_person='p00',
+                                                                                  split='test'))))
+    dumped_error = np.mean([law_of_cosines_deg(np.asarray(d['pred_gaze']), np.asarray(d['gaze'])) for d in dumped])
+    assert dumped_error == pytest.approx(error, abs=1e-3)
     train_split = MPIIFaceGaze(toy_file, test_person='p00', split='train')
     test_split = MPIIFaceGaze(toy_file, test_person='p00', split='test')
     truth = test_split.gaze_array()

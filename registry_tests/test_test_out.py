@@ -37,7 +37,7 @@ def test_detection_out_is_mmdets_pickle(tmp_path):
     dumper = runner.test_evaluator.metrics[-1]
     assert type(dumper) is DumpDetResults and dumper.out_file_path == str(tmp_path / 'preds.pkl')
     with pytest.raises(ConfigError, match=r"--out .*metrics\.json: the predictions are dumped as a pickle \(as "
-                                          r"mmdet's tools/test\.py --out\); name a \.pkl file"):
+                                          r"mmdet's and mmpretrain's tools/test\.py --out\); name a \.pkl file"):
         dump_predictions(_runner(VOCMetric()), str(tmp_path / 'metrics.json'))
 
 
