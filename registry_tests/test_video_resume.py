@@ -29,6 +29,7 @@ def trained_iterations(work_dir):
         return [record['iter'] for record in map(json.loads, f) if 'loss' in record]
 
 
+@pytest.mark.slow
 def test_resume_with_the_tools_continues_exactly(tmp_path):
     """An epoch-based run of the toy C2D non-local config stopped after epoch 1 and resumed with
     --resume ends with the weights (and AdamW moments) of the run that was never stopped."""
