@@ -24,7 +24,14 @@ Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, 
   - fp32 `exp` 7.7 ms vs `exp2` 2.4 ms per chunk: base 2 in float32 / float64;
   - dV accumulated over query chunks (a (Cv x Nk) product allocated, rounded and added per
     chunk): backward runs over key blocks, each block's dV and dK is one product written once;
-  - dO and O were cast and rowsum(dO ∘ O) recomputed per chunk: computed once.
+  - dO and O were cast and rowsum(dO ∘ O) recomputed per chunk: computed once;
+  - a bf16 bmm (oneDNN) copies each operand that is neither contiguous nor transposed-contiguous,
+    whole, inside every call: V (a slice of [V; 1]) per query chunk and dO (a slice of [dO; −rowsum])
+    per key block, 32 copies of 16 MB per step at N=8192 (15% of the function's profiled self time
+    on the loaded machine, ~2% of its single-thread CPU time: the copies are memory traffic, not
+    arithmetic). K and V stay as given (contiguous), each block's [K; 1] and [V; 1] is built in a small
+    buffer, and dV reads the same [dO; −rowsum] tensor as dP (one stream of dO per block, the extra
+    rows' product dropped): every bmm operand has one of the two layouts (tests check it).
 After this, the matmuls take 90-92% of the step's time (fp32 and bf16). Forward + backward of
 B=2, N=8192, Ck=64, Cv=512 attention, 512-query chunks, 2 threads, median of 4 interleaved rounds
 on a quiet 16-core Intel Xeon (torch 2.11; not this project's CPU): fp32 1.94 s vs 2.49 s before
@@ -110,24 +117,22 @@ def _row_sum(probs: torch.Tensor, stat_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scaled_grad_out(grad_out: torch.Tensor, out: torch.Tensor, inv_sum: torch.Tensor, dtype: torch.dtype,
-                     extra: int, augment: bool = True, columns: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
-    """dO with query i's column divided by l_i, (B, Cv, Nq), and (with `augment`) the same with the
-    rows −rowsum(dO ∘ O) / l appended, (B, Cv + extra, Nq), both contiguous in `dtype`: computed in
-    float32 `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
+                     extra: int, columns: int = 1024) -> torch.Tensor:
+    """(B, Cv + extra, Nq) in `dtype`, contiguous: [dO; −rowsum(dO ∘ O)] with query i's column
+    divided by l_i (the rowsum split in `extra` rows, none for extra = 0), computed in float32
+    `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
     stat_dtype = inv_sum.dtype
     batch, channels, num_queries = grad_out.shape
-    scaled = grad_out.new_empty(batch, channels, num_queries, dtype=dtype)
-    augmented = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype) if augment else None
+    result = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype)
     for start in range(0, num_queries, columns):
         stop = min(start + columns, num_queries)
         grad = grad_out[:, :, start:stop].to(stat_dtype)
         inv = inv_sum[:, None, start:stop]
-        scaled[:, :, start:stop] = grad * inv                # not in place: `grad` may be dO itself
-        if augment:
+        result[:, :channels, start:stop] = grad * inv        # not in place: `grad` may be dO itself
+        if extra:
             delta = (grad * out[:, :, start:stop].to(stat_dtype)).sum(1, keepdim=True)     # rowsum(dO ∘ O)
-            augmented[:, :channels, start:stop] = scaled[:, :, start:stop]
-            augmented[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
-    return scaled, augmented
+            result[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
+    return result
 
 
 class FlashSoftmaxAttention(torch.autograd.Function):
@@ -136,8 +141,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
     many scores, all queries at once, so each block's dK and dV is one matmul written once and
     only dQ (B, Nq, Ck) is summed over blocks (in float32).
 
-    Saves Q, K and V (K with a row of ones, V with one or two), O and two float32 statistics per
-    query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In backward −m enters
+    Saves Q, K, V (as given where already contiguous in the matmul dtype), O and two float32
+    statistics per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In backward −m enters
     the score matmul as an extra channel of Q (m is exact in the matmul dtype: a score of the
     forward) and −rowsum(dO ∘ O) the dP matmul as extra rows of dO (split in high and low parts
     in 16-bit dtypes), with dO's column i divided by l_i beforehand:
@@ -199,8 +204,10 @@ class FlashSoftmaxAttention(torch.autograd.Function):
         with torch.autocast(query.device.type, enabled=False):
             # [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`)
             query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
-            # dO / l gives dV from l ∘ P; [dO; −rowsum(dO ∘ O)] / l · [V; 1] gives (dP − rowsum) / l
-            grad_out, grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra, need_q or need_k)
+            # [dO; −rowsum(dO ∘ O)] / l: its first rows give dV from l ∘ P, all of it (dP − rowsum) / l
+            # with [V; 1]; one tensor, contiguous (see forward), read once per block
+            grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra if need_q or need_k else 0)
+            grad_rows = grad_out_aug.shape[1]
             grad_q = torch.zeros(batch, num_queries, qk_channels, dtype=stat_dtype, device=query.device) \
                 if need_q else None
             grad_k = query.new_empty(batch, qk_channels, num_keys) if need_k else None
@@ -210,6 +217,7 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             # each block's keys and values, contiguous (see forward), with the rows of ones appended
             key_block_buffer = query.new_empty(batch * (qk_channels + 1) * cols)
             value_block_buffer = query.new_empty(batch * (channels + extra) * cols) if need_q or need_k else None
+            value_grad_buffer = query.new_empty(batch * grad_rows * cols) if need_v and grad_rows > channels else None
             for start in range(0, num_keys, cols):
                 stop = min(start + cols, num_keys)
                 width, size = stop - start, batch * num_queries * (stop - start)
@@ -217,8 +225,11 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 probs = buffers[0][:size].view(batch, num_queries, width)
                 torch.bmm(query_aug, key_aug, out=probs)                                  # S − m
                 probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
-                if need_v:   # dV = dO P = (dO / l) (l ∘ P)
-                    torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
+                if need_v and value_grad_buffer is None:   # dV = dO P = (dO / l) (l ∘ P)
+                    torch.bmm(grad_out_aug, probs, out=grad_v[:, :, start:stop])
+                elif need_v:   # the same, with the product of the extra rows dropped
+                    grad_v_aug = value_grad_buffer[:batch * grad_rows * width].view(batch, grad_rows, width)
+                    grad_v[:, :, start:stop] = torch.bmm(grad_out_aug, probs, out=grad_v_aug)[:, :channels]
                 if not (need_q or need_k):
                     continue
                 grad_scores = buffers[1][:size].view(batch, num_queries, width)
