@@ -30,8 +30,9 @@ Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, 
     per key block, 32 copies of 16 MB per step at N=8192 (15% of the function's profiled self time
     on the loaded machine, ~2% of its single-thread CPU time: the copies are memory traffic, not
     arithmetic). K and V stay as given (contiguous), each block's [K; 1] and [V; 1] is built in a small
-    buffer, and dV reads the same [dO; −rowsum] tensor as dP (one stream of dO per block, the extra
-    rows' product dropped): every bmm operand has one of the two layouts (tests check it).
+    buffer, and dV reads a contiguous dO / l of its own: every bmm operand has one of the two layouts
+    (tests check it). (dV from [dO; −rowsum] itself, dropping the extra rows' product, would save
+    that 16 MB, but a bf16 bmm with 514 rows took 46.5 ms against 42 ms with 512.)
 After this, the matmuls take 90-92% of the step's time (fp32 and bf16). Forward + backward of
 B=2, N=8192, Ck=64, Cv=512 attention, 512-query chunks, 2 threads, median of 4 interleaved rounds
 on a quiet 16-core Intel Xeon (torch 2.11; not this project's CPU): fp32 1.94 s vs 2.49 s before
@@ -117,22 +118,24 @@ def _row_sum(probs: torch.Tensor, stat_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _scaled_grad_out(grad_out: torch.Tensor, out: torch.Tensor, inv_sum: torch.Tensor, dtype: torch.dtype,
-                     extra: int, columns: int = 1024) -> torch.Tensor:
-    """(B, Cv + extra, Nq) in `dtype`, contiguous: [dO; −rowsum(dO ∘ O)] with query i's column
-    divided by l_i (the rowsum split in `extra` rows, none for extra = 0), computed in float32
-    `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
+                     extra: int, augment: bool = True, columns: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dO with query i's column divided by l_i, (B, Cv, Nq), and (with `augment`) the same with the
+    rows −rowsum(dO ∘ O) / l appended, (B, Cv + extra, Nq), both contiguous in `dtype`: computed in
+    float32 `columns` queries at a time (small temporaries, no mixed-dtype passes)."""
     stat_dtype = inv_sum.dtype
     batch, channels, num_queries = grad_out.shape
-    result = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype)
+    scaled = grad_out.new_empty(batch, channels, num_queries, dtype=dtype)
+    augmented = grad_out.new_empty(batch, channels + extra, num_queries, dtype=dtype) if augment else None
     for start in range(0, num_queries, columns):
         stop = min(start + columns, num_queries)
         grad = grad_out[:, :, start:stop].to(stat_dtype)
         inv = inv_sum[:, None, start:stop]
-        result[:, :channels, start:stop] = grad * inv        # not in place: `grad` may be dO itself
-        if extra:
+        scaled[:, :, start:stop] = grad * inv                # not in place: `grad` may be dO itself
+        if augment:
             delta = (grad * out[:, :, start:stop].to(stat_dtype)).sum(1, keepdim=True)     # rowsum(dO ∘ O)
-            result[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
-    return result
+            augmented[:, :channels, start:stop] = scaled[:, :, start:stop]
+            augmented[:, channels:, start:stop] = _split(delta.mul_(inv).neg_().squeeze(1), dtype, extra)
+    return scaled, augmented
 
 
 class FlashSoftmaxAttention(torch.autograd.Function):
@@ -142,8 +145,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
     only dQ (B, Nq, Ck) is summed over blocks (in float32).
 
     Saves Q, K, V (as given where already contiguous in the matmul dtype), O and two float32
-    statistics per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In backward −m enters
-    the score matmul as an extra channel of Q (m is exact in the matmul dtype: a score of the
+    statistics per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In
+    backward −m enters the score matmul as an extra channel of Q (m is exact in the matmul dtype: a score of the
     forward) and −rowsum(dO ∘ O) the dP matmul as extra rows of dO (split in high and low parts
     in 16-bit dtypes), with dO's column i divided by l_i beforehand:
 
@@ -204,10 +207,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
         with torch.autocast(query.device.type, enabled=False):
             # [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`)
             query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
-            # [dO; −rowsum(dO ∘ O)] / l: its first rows give dV from l ∘ P, all of it (dP − rowsum) / l
-            # with [V; 1]; one tensor, contiguous (see forward), read once per block
-            grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra if need_q or need_k else 0)
-            grad_rows = grad_out_aug.shape[1]
+            # dO / l gives dV from l ∘ P; [dO; −rowsum(dO ∘ O)] / l · [V; 1] gives (dP − rowsum) / l
+            grad_out, grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra, need_q or need_k)
             grad_q = torch.zeros(batch, num_queries, qk_channels, dtype=stat_dtype, device=query.device) \
                 if need_q else None
             grad_k = query.new_empty(batch, qk_channels, num_keys) if need_k else None
@@ -217,7 +218,6 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             # each block's keys and values, contiguous (see forward), with the rows of ones appended
             key_block_buffer = query.new_empty(batch * (qk_channels + 1) * cols)
             value_block_buffer = query.new_empty(batch * (channels + extra) * cols) if need_q or need_k else None
-            value_grad_buffer = query.new_empty(batch * grad_rows * cols) if need_v and grad_rows > channels else None
             for start in range(0, num_keys, cols):
                 stop = min(start + cols, num_keys)
                 width, size = stop - start, batch * num_queries * (stop - start)
@@ -225,11 +225,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 probs = buffers[0][:size].view(batch, num_queries, width)
                 torch.bmm(query_aug, key_aug, out=probs)                                  # S − m
                 probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
-                if need_v and value_grad_buffer is None:   # dV = dO P = (dO / l) (l ∘ P)
-                    torch.bmm(grad_out_aug, probs, out=grad_v[:, :, start:stop])
-                elif need_v:   # the same, with the product of the extra rows dropped
-                    grad_v_aug = value_grad_buffer[:batch * grad_rows * width].view(batch, grad_rows, width)
-                    grad_v[:, :, start:stop] = torch.bmm(grad_out_aug, probs, out=grad_v_aug)[:, :channels]
+                if need_v:   # dV = dO P = (dO / l) (l ∘ P)
+                    torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
                 if not (need_q or need_k):
                     continue
                 grad_scores = buffers[1][:size].view(batch, num_queries, width)
