@@ -115,6 +115,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.out:
         dump_predictions(runner, args.out)
     metrics = {k: float(v) for k, v in runner.test().items()}
+    if not metrics:
+        from .registry import RunFailed
+        raise RunFailed(f"the test evaluator gave no metrics for {args.checkpoint} (mmdet's CocoMetric gives none, "
+                        "only a log line, when the model predicts nothing, e.g. after a diverged training run)")
     print(json.dumps(metrics, indent=2))
     if args.metrics_json:
         with open(args.metrics_json, 'w') as f:

@@ -59,6 +59,11 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and what was expected."""
 
 
+class RunFailed(RuntimeError):
+    """A run cannot give a trustworthy result (its training diverged, its evaluation gave no
+    metrics); the tools print the message on one line and exit with status 1."""
+
+
 def snake_name(name: str) -> str:
     """'CBAM' -> 'cbam', 'NonLocal' -> 'non_local', 'SEBlock' -> 'se_block' (acronyms kept whole)."""
     name = re.sub(r'([A-Z]+)([A-Z][a-z])', r'\1_\2', name)

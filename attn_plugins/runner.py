@@ -9,7 +9,7 @@ from typing import Sequence
 from .checkpoint import (allow_mmengine_checkpoints, convert_checkpoint_file, load_checkpoint_file,
                          load_state_dict_file, state_dict_mismatch)
 from .config import load_config
-from .registry import ConfigError
+from .registry import ConfigError, RunFailed
 
 
 def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence[str] | dict | None = None,
@@ -51,7 +51,8 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         from .datasets.det_check import check_detection_data
         check_detection_data(cfg, check_data)
     hooks = list(cfg.get('custom_hooks') or [])
-    for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook'):   # safe checkpoints; blocks' auxiliary losses
+    # safe checkpoints; blocks' auxiliary losses; stop on a NaN / inf loss
+    for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook', 'FiniteLossHook'):
         if not any(h.get('type') == hook for h in hooks):
             hooks.append(dict(type=hook))
     if progress_interval:
@@ -145,6 +146,10 @@ def run_tool(prog: str, fn, *args, **kwargs) -> int:
         _destroy_process_group()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except RunFailed as err:        # diverged training, no metrics: the run's result is not trustworthy
+        _destroy_process_group()
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     except TypeError as err:        # a config key the class does not take, met when the Runner builds lazily
         if not UNKNOWN_OPTION.search(str(err)):          # (datasets, metrics, hooks at train/test time)
             _destroy_process_group()

@@ -8,7 +8,7 @@ builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer nam
 Blocks keep their own init through a host's `init_weights()`: see `restore_blocks_on_init`
 (run by every `attn_plugins.inject`, hence `InjectAttention`, once this module is registered).
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
-`SafeCheckpointHook`, `ProgressHook` and `AuxiliaryLossHook` (HOOKS), and
+`SafeCheckpointHook`, `ProgressHook`, `AuxiliaryLossHook` and `FiniteLossHook` (HOOKS), and
 `CPUDistributedDataParallel` (MODEL_WRAPPERS); for full-face gaze, `GazeEstimator` (MODELS),
 `MPIIFaceGazeDataset` (DATASETS) and `MeanAngularError` (METRICS) (see `register_gaze`); for
 Learn to Pay Attention on CIFAR, `AttentionClassifier`, `PayAttentionVGG` and `VGGBNDrop` (MODELS),
@@ -26,7 +26,7 @@ from mmengine.registry import HOOKS, MODEL_WRAPPERS, MODELS, Registry
 
 from ..checkpoint import from_safe, rng_state, set_rng_state, to_safe
 from ..modules import HostInit, reset_attention_blocks
-from ..registry import BLOCKS, SCOPE, ConfigError, snake_name
+from ..registry import BLOCKS, SCOPE, ConfigError, RunFailed, snake_name
 
 _REGISTERED: dict[str, type] = {}
 
@@ -223,6 +223,34 @@ class AuxiliaryLossHook(Hook):
         add_auxiliary_losses(runner.model)
 
 
+class FiniteLossHook(Hook):
+    """Stop training at the first iteration whose losses are not finite (NaN / inf), with the
+    iteration and each loss named, instead of training on silently (mmengine does not check; a
+    diverged detector then evaluates to no metrics at all). Under DDP every rank learns of a
+    non-finite loss on any rank, so all stop together. `build_runner` adds it to every run."""
+    priority = 'LOW'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        import math
+
+        import torch
+        import torch.distributed as dist
+        values = {k: float(v) for k, v in (outputs or {}).items() if 'loss' in k}
+        finite = torch.tensor(float(all(math.isfinite(v) for v in values.values())))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            bad = ', '.join(f"{k}={v:.4g}" for k, v in values.items() if not math.isfinite(v)) or 'on another rank'
+            raise TrainingDiverged(
+                f"training diverged at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): non-finite loss "
+                f"({bad}); lower the learning rate (optim_wrapper.optimizer.lr) or clip gradients "
+                "(optim_wrapper.clip_grad=dict(max_norm=...))")
+
+
+class TrainingDiverged(RunFailed):
+    """A training run's loss became NaN / inf (see `FiniteLossHook`)."""
+
+
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
     always passes, which torch rejects for CPU modules."""
@@ -254,7 +282,7 @@ def register_blocks() -> None:
     for registry in (MODELS, scoped_registry()):
         for name, obj in models.items():
             register_once(registry, name, obj)
-    for hook in (SafeCheckpointHook, ProgressHook, AuxiliaryLossHook):
+    for hook in (SafeCheckpointHook, ProgressHook, AuxiliaryLossHook, FiniteLossHook):
         register_once(HOOKS, hook.__name__, hook)
     register_once(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)
     register_gaze()
