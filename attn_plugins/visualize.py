@@ -170,6 +170,9 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
         raise ConfigError("--sample: this model has no data pipeline in its config; pass --image instead")
     if image is None:
         raise ConfigError("viz: pass --image PATH (this config has no dataset to take a sample from)")
+    if input_shape is None:       # the size the config implies (e.g. model.input_size), as plan uses
+        from .plan import default_input_shape
+        input_shape = default_input_shape(cfg, model)[0]
     return _timm_input(model, image, input_shape)
 
 

@@ -426,3 +426,21 @@ def test_viz_ltpa_toy_sample(tmp_path, capsys):
     for name in os.listdir(out):
         check_png(out / name)
     assert 'sample 2 of test_dataloader.dataset, 32x32' in capsys.readouterr().out
+
+
+def test_viz_det_and_gaze_toy_configs_from_an_image(tmp_path, capsys):
+    """A detector (DANet on C5, the neck's one block) through its test pipeline, and the gaze model
+    (no pipeline) at its config's model.input_size, not timm's default 224."""
+    from PIL import Image
+    image = tmp_path / 'x.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image)
+    det = os.path.join(ROOT, 'configs', 'det', 'toy', 'faster-rcnn_r50_danet-c5-fpn_toy-coco.yaml')
+    assert main(['viz', det, '--image', str(image), '--out', str(tmp_path / 'det'), '--queries', '20,30']) == 0
+    assert os.listdir(tmp_path / 'det') == ['00_neck_attn_blocks_0.png']
+    check_png(tmp_path / 'det' / '00_neck_attn_blocks_0.png')
+    assert f'{image} through the test pipeline' in capsys.readouterr().out
+    gaze = os.path.join(ROOT, 'configs', 'gaze', 'toy', 'full_face_resnet18-narrow_toy-mpiifacegaze-64.yaml')
+    assert main(['viz', gaze, '--image', str(image), '--out', str(tmp_path / 'gaze')]) == 0
+    assert os.listdir(tmp_path / 'gaze') == ['00_net_spatial_weights.png']
+    check_png(tmp_path / 'gaze' / '00_net_spatial_weights.png')
+    assert f'{image} resized to 64x64, 64x64' in capsys.readouterr().out
