@@ -172,6 +172,31 @@ def test_restricted_unpickler_refuses_object_arrays_and_persistent_ids(tmp_path)
         load_cifar_pickle(str(broken))
 
 
+def test_restricted_unpickler_refuses_shared_containers_that_expand(tmp_path):
+    """Memo references let a few bytes name an exponential tree (156 bytes took 18 s to rebuild at
+    depth 22, each level doubling): a second reference to a container or a long string is refused
+    by an opcode scan before unpickling. Short strings may repeat."""
+    nested = []
+    for _ in range(12):                                   # 4096 leaves here; depth 40 would never end
+        nested = [nested, nested]
+    key = ()
+    for _ in range(12):
+        key = (key, key)                                  # hashing it as a dict key expands it too
+    long_name = b'n' * 2000
+    cases = {'lists': {b'data': nested}, 'tuple key': {key: 1},
+             'long string': {b'fine_label_names': [long_name] * 3}}
+    for name, content in cases.items():
+        path = tmp_path / name.replace(' ', '_')
+        path.write_bytes(pickle.dumps(content, protocol=4))
+        assert any(op.name in ('BINGET', 'LONG_BINGET') for op, _, _ in pickletools.genops(path.read_bytes()))
+        with pytest.raises(UnsafePickleError, match=re.escape(str(path)) + '.*second reference to a container'):
+            load_cifar_pickle(str(path))
+    short = tmp_path / 'short'
+    short.write_bytes(pickle.dumps({b'label_names': [b'cat'] * 3, b'data': np.zeros((2, 3), np.uint8)}, protocol=4))
+    assert any(op.name == 'BINGET' for op, _, _ in pickletools.genops(short.read_bytes()))
+    assert load_cifar_pickle(str(short))[b'label_names'] == [b'cat'] * 3
+
+
 class Reduces:
     """Pickles as `fn(*args)`, then BUILD with `state` (a crafted numpy pickle)."""
 

@@ -21,6 +21,8 @@ The only globals these pickles name are numpy's array reconstruction (`numpy.cor
 the BUILD states numpy would otherwise trust (a plain number dtype without object flag, fields or
 subarray; an array whose shape matches the bytes the file holds; `numpy.ndarray` never called), and
 refuses any other global before anything is called, with an error naming the file and the global.
+Before unpickling, a scan of the opcodes refuses a second reference to a container or long string
+(`_check_no_shared_containers`), so a small file cannot expand into huge memory or time.
 Plain `pickle.load` of such a file would run whatever callable it names.
 """
 from __future__ import annotations
@@ -209,9 +211,49 @@ def _resolve_arrays(value, source: str):
     return value
 
 
+# Opcodes that push a string, number or global: the only objects a CIFAR pickle may reference twice.
+_SCALAR_OPS = frozenset({
+    'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8',
+    'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8', 'BYTEARRAY8', 'INT', 'BININT', 'BININT1', 'BININT2', 'LONG',
+    'LONG1', 'LONG4', 'FLOAT', 'BINFLOAT', 'NONE', 'NEWTRUE', 'NEWFALSE', 'GLOBAL', 'STACK_GLOBAL'})
+_PUT_OPS, _GET_OPS = frozenset({'PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'}), frozenset({'GET', 'BINGET', 'LONG_BINGET'})
+
+
+def _check_no_shared_containers(f, source: str) -> None:
+    """Refuse a pickle that references a container (list, dict, tuple, set, built object) or a long
+    string a second time through the memo: CIFAR files never do, and shared containers make a few
+    bytes expand exponentially (a list of two references to a list of two references ...: 156 bytes
+    took 18 s and 2^22 objects to rebuild; hashing such a tuple as a dict key is as slow). Without them every
+    object is built from its own opcodes, so what is rebuilt is linear in the file's size.
+    A linear scan of the opcodes (pickletools), before anything is unpickled."""
+    import pickletools
+    memo, top_is_scalar = {}, False       # memo index -> whether it holds a string, number or global
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in _PUT_OPS:
+                memo[len(memo) if op.name == 'MEMOIZE' else arg] = top_is_scalar
+            elif op.name in _GET_OPS:
+                if not memo.get(arg, False):
+                    raise UnsafePickleError(f"{source}: refusing a second reference to a container or long string "
+                                            f"(memo {arg}, opcode {op.name}): CIFAR files never share one, and "
+                                            "shared ones can expand exponentially")
+                top_is_scalar = True
+            else:       # a small one only: a list of many references to one huge string would still expand
+                top_is_scalar = op.name in _SCALAR_OPS and (
+                    len(arg) <= 1024 if isinstance(arg, (bytes, bytearray, str)) else
+                    arg.bit_length() <= 64 if isinstance(arg, int) else True)
+    except UnsafePickleError:
+        raise
+    except Exception as err:   # truncated or not a pickle at all
+        raise CifarFormatError(f"{source}: not a readable CIFAR pickle ({type(err).__name__}: {err})") from None
+    f.seek(0)
+
+
 def load_cifar_pickle(path: str) -> dict:
-    """One CIFAR file as its dict (bytes keys), read with `RestrictedUnpickler`."""
+    """One CIFAR file as its dict (bytes keys), read with `RestrictedUnpickler` after
+    `_check_no_shared_containers`."""
     with open(path, 'rb') as f:
+        _check_no_shared_containers(f, path)
         try:
             value = RestrictedUnpickler(f, source=path).load()
         except CifarFormatError as err:
