@@ -50,6 +50,8 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
     if check_data:
         from .datasets.det_check import check_detection_data
         check_detection_data(cfg, check_data)
+        from .datasets.mpiifacegaze import check_person_folds
+        check_person_folds(cfg, check_data)       # leave-one-person-out: no evaluated person trained on
     hooks = list(cfg.get('custom_hooks') or [])
     # safe checkpoints; blocks' auxiliary losses; stop on a NaN / inf loss
     for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook', 'FiniteLossHook'):

@@ -214,3 +214,49 @@ class MPIIFaceGaze(Dataset):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _fold_persons(dataset: dict) -> tuple[str, frozenset] | None:
+    """('only' | 'except', persons) an MPIIFaceGazeDataset config reads, known without the file."""
+    persons, test_person, split = dataset.get('persons'), dataset.get('test_person'), dataset.get('split', 'all')
+    if persons is not None and not isinstance(persons, str):
+        return 'only', frozenset(persons)
+    if test_person is None:
+        return ('except', frozenset()) if split == 'all' else None
+    if split == 'test':
+        return 'only', frozenset([test_person])
+    return ('except', frozenset([test_person])) if split == 'train' else None
+
+
+def check_person_folds(cfg, loaders: Sequence[str] = ('train_dataloader', 'val_dataloader', 'test_dataloader')) -> None:
+    """Leave-one-person-out: the persons an evaluation loader reads must not be trained on. With
+    `--cfg-options train_dataloader.dataset.test_person=p03` alone, the val loader would still read
+    p00, a training person, and report a training error as the fold's. A ConfigError naming the keys."""
+    def dataset_of(name):
+        loader = cfg.get(name) if name in loaders else None
+        dataset = loader.get('dataset') if isinstance(loader, dict) else None
+        return dataset if isinstance(dataset, dict) and dataset.get('type') == 'MPIIFaceGazeDataset' else None
+
+    train = dataset_of('train_dataloader')
+    train_fold = _fold_persons(train) if train is not None else None
+    if train_fold is None:
+        return
+    for name in ('val_dataloader', 'test_dataloader'):
+        dataset = dataset_of(name)
+        fold = _fold_persons(dataset) if dataset is not None else None
+        if fold is None:
+            continue
+        (train_kind, train_set), (kind, persons) = train_fold, fold
+        if kind == 'only' and train_kind == 'only':
+            shared = sorted(persons & train_set)
+        elif kind == 'only':
+            shared = sorted(persons - train_set)
+        else:       # an evaluation of every person but some: it overlaps any training set but the excluded
+            shared = sorted(train_set - persons) if train_kind == 'only' else ['(every person not excluded)']
+        if shared:
+            raise ConfigError(
+                f"{name}.dataset reads {', '.join(shared)}, also read by train_dataloader.dataset: leave-one-person-"
+                f"out needs the same test_person in every loader (train: {train.get('test_person')!r}, "
+                f"{name.split('_')[0]}: {dataset.get('test_person')!r}), e.g. --cfg-options "
+                f"train_dataloader.dataset.test_person=p03 val_dataloader.dataset.test_person=p03 "
+                f"test_dataloader.dataset.test_person=p03")
