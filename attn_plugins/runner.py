@@ -81,6 +81,16 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         if isinstance(cfg.get('visualizer'), dict):  # OpenMMLab bases name it 'visualizer': one per process
             cfg.visualizer['name'] = cfg.experiment_name
         cfg = Config(cfg.to_dict())
+    model_cfg = cfg.get('model')
+    if (isinstance(model_cfg, dict) and model_cfg.get('plugins') is not None
+            and not str(model_cfg.get('type', '')).startswith('timm/')):
+        # `model.plugins` (injector specs) on an mmengine model: built as `config.build_model` (and
+        # so `attn-plugins plan`) builds it; the model class itself takes no `plugins` argument
+        module = {k: v for k, v in model_cfg.items() if k != 'plugins'}
+        if cfg.get('data_preprocessor') is not None:     # what the Runner would give the model itself
+            module.setdefault('data_preprocessor', cfg.data_preprocessor)
+            cfg.data_preprocessor = None
+        cfg.model = dict(type='InjectAttention', module=module, plugins=model_cfg['plugins'])
     from .plan import check_mmcv_plugins
     try:
         check_mmcv_plugins(cfg.get('model'))
@@ -159,11 +169,33 @@ def run_tool(prog: str, fn, *args, **kwargs) -> int:
         _destroy_process_group()
         print(f"{prog}: error: {err}; check the config keys (and --cfg-options) of that class", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        _destroy_process_group()
+        if not (err.name or '').startswith(MMACTION_DRN):
+            raise
+        print(f"{prog}: error: {mmaction_drn_hint()}", file=sys.stderr)
+        return 2
     except BaseException:
         _destroy_process_group()
         raise
     shutdown_distributed()
     return status
+
+
+MMACTION_DRN = 'mmaction.models.localizers.drn'
+
+
+def mmaction_drn_hint() -> str:
+    """What to do when mmaction2 1.2.0 from PyPI cannot import its models (no localizers/drn)."""
+    import importlib.util
+    spec = importlib.util.find_spec('mmaction')
+    folder = (os.path.join(os.path.dirname(spec.origin), 'models', 'localizers', 'drn') if spec and spec.origin
+              else '<site-packages>/mmaction/models/localizers/drn')
+    return (f"`import mmaction.models` fails: mmaction2 1.2.0's PyPI package lacks {MMACTION_DRN.replace('.', '/')}, "
+            f"which its localizers import. Install attn_plugins' placeholder (a DRN that raises a clear error if "
+            f"built; attn_plugins never uses DRN): mkdir -p {folder} && cp tools/mmaction_drn/__init__.py "
+            f"tools/mmaction_drn/drn.py {folder}/ (tools/setup_env.sh does this), or install mmaction2 from its git "
+            "sources")
 
 
 def _destroy_process_group() -> None:
