@@ -81,6 +81,11 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         if isinstance(cfg.get('visualizer'), dict):  # OpenMMLab bases name it 'visualizer': one per process
             cfg.visualizer['name'] = cfg.experiment_name
         cfg = Config(cfg.to_dict())
+    from .plan import check_mmcv_plugins
+    try:
+        check_mmcv_plugins(cfg.get('model'))
+    except ConfigError as err:
+        raise ConfigError(f"{config}: {err}") from None
     model_cfg = cfg.get('model')
     if (isinstance(model_cfg, dict) and model_cfg.get('plugins') is not None
             and not str(model_cfg.get('type', '')).startswith('timm/')):
@@ -91,11 +96,6 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
             module.setdefault('data_preprocessor', cfg.data_preprocessor)
             cfg.data_preprocessor = None
         cfg.model = dict(type='InjectAttention', module=module, plugins=model_cfg['plugins'])
-    from .plan import check_mmcv_plugins
-    try:
-        check_mmcv_plugins(cfg.get('model'))
-    except ConfigError as err:
-        raise ConfigError(f"{config}: {err}") from None
     try:
         runner = Runner.from_cfg(cfg)
     except TypeError as err:        # a config option the class does not take (mmengine names the class)
@@ -104,7 +104,7 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         raise ConfigError(f"{config}: {err}; check the config keys (and --cfg-options) of that class") from None
     except KeyError as err:         # a type no registry holds: name its config key, as `attn-plugins plan` does
         from .plan import registry_error
-        converted = registry_error(err, cfg.get('model'), cfg.get('default_scope'))
+        converted = registry_error(err, model_cfg, cfg.get('default_scope'))   # the config's keys, not the wrapper's
         if converted is None:
             raise
         raise ConfigError(f"{config}: {converted}") from None

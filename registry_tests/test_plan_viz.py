@@ -444,3 +444,27 @@ def test_viz_det_and_gaze_toy_configs_from_an_image(tmp_path, capsys):
     assert os.listdir(tmp_path / 'gaze') == ['00_net_spatial_weights.png']
     check_png(tmp_path / 'gaze' / '00_net_spatial_weights.png')
     assert f'{image} resized to 64x64, 64x64' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('spec, message', [
+    ("{type: CBMA, where: 'backbone.layer1.*', position: 'after:bn2'}", "unknown block type 'CBMA'; did you mean 'CBAM'?"),
+    ("{type: SE, where: 'backbone.layer1.0', position: 'after:bn2', reductio: 8}",
+     "plugins[0].reductio: unknown option for SE; did you mean 'reduction'?"),
+])
+def test_model_plugins_of_an_openmmlab_model_train_as_plan_builds_them(tmp_path, capsys, spec, message):
+    """README's `model: {..., plugins: [...]}` on an mmseg segmentor: training builds what plan
+    shows (it passed `plugins` to EncoderDecoder) and rejects a bad spec with plan's message."""
+    from attn_plugins.cli import train_main
+    from attn_plugins.runner import build_runner
+    base = os.path.join(SEG_TOY, 'se_fcn_r50-d8_toy.yaml')
+    good = write(tmp_path, 'good.yaml', f"_base_: {base}\nmodel:\n  plugins:\n"
+                 "    - {type: CBAM, where: 'backbone.layer1.0', position: 'after:bn2'}\n")
+    runner = build_runner(good, work_dir=str(tmp_path / 'w'), trust_config=True)
+    assert [r.path for r in runner.model.attn_plugins_report] == ['backbone.layer1.0.bn2']
+    assert type(runner.model).__name__ == 'EncoderDecoder' and tuple(runner.model.data_preprocessor.size) == (96, 96)
+    bad = write(tmp_path, 'bad.yaml', f"_base_: {base}\nmodel:\n  plugins:\n    - {spec}\n")
+    assert main(['plan', bad, '--trust-config']) == 2
+    plan_error = capsys.readouterr().err.strip().split('error: ', 1)[1]
+    assert train_main([bad, '--trust-config', '--work-dir', str(tmp_path / 'w2')], prog='train.py') == 2
+    train_error = capsys.readouterr().err.strip().splitlines()[-1].split('error: ', 1)[1]
+    assert message in plan_error and train_error == plan_error
