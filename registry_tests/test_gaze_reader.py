@@ -47,3 +47,19 @@ def test_a_file_without_person_groups_says_what_it_holds(tmp_path):
     with pytest.raises(ConfigError, match=r"other\.h5' has no person groups \(expected groups p00 \.\.\. p14; "
                                           r"it holds meta, person0\)"):
         MPIIFaceGaze(path)
+
+
+def test_a_huge_declared_sample_is_refused_before_reading(tmp_path):
+    """A few KB of compressed HDF5 can declare a 1 GB image: its size is checked from the metadata,
+    before h5py reads (and allocates) it."""
+    path = _write(tmp_path / 'faces.h5', persons=('p00',), n=1)
+    with h5py.File(path, 'a') as f:
+        del f['p00/image/0000']
+        f.create_dataset('p00/image/0000', shape=(20000, 20000, 3), dtype=np.uint8, chunks=(1000, 1000, 3),
+                         compression='gzip')
+    import os
+    assert os.path.getsize(path) < 100_000
+    reader = MPIIFaceGaze(path)
+    with pytest.raises(ConfigError, match=r"p00/image/0000 has shape \(20000, 20000, 3\) and dtype uint8 \(1144 MiB, "
+                                          r"more than the 64 MiB a sample may take\); expected \(H, W, 3\) uint8"):
+        reader[0]

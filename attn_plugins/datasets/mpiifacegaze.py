@@ -40,6 +40,7 @@ FIELDS = ('image', 'gaze', 'pose')
 CHANNEL_ORDERS = ('rgb', 'bgr')
 SPLITS = ('train', 'test', 'all')
 PERSON_GROUP = re.compile(r'p\d{2}')      # p00 ... p14: the only top-level groups read as persons
+MAX_SAMPLE_BYTES = 64 << 20                # one sample's dataset: a 448x448x3 face is 0.6 MiB
 
 
 def _h5py():
@@ -94,7 +95,8 @@ class MPIIFaceGaze(Dataset):
     Item i: dict(image=(3, H, W) uint8 tensor, gaze=(2,) float32 (pitch, yaw) rad, pose=(2,)
     float32, person='pXX', index=int (the sample's key)). The index is built from the key
     names at construction (no data read); the file is opened on first access in each process.
-    A missing person, field group or per-sample dataset is a ConfigError naming file and key.
+    A missing person, field group or per-sample dataset is a ConfigError naming file and key; so is
+    a sample dataset over MAX_SAMPLE_BYTES (checked from its metadata, before it is read).
     """
 
     def __init__(self, path: str, persons: Sequence[str] | None = None, test_person: str | None = None,
@@ -173,6 +175,12 @@ class MPIIFaceGaze(Dataset):
         if name not in f:
             raise ConfigError(f"MPIIFaceGaze: {self.path!r} has no dataset {name!r}")
         node = f[name]
+        if isinstance(node, _h5py().Dataset):      # size from the metadata before reading: a small compressed
+            size = int(np.prod(node.shape, dtype=object)) * node.dtype.itemsize     # file can declare any shape
+            if size > MAX_SAMPLE_BYTES:
+                raise ConfigError(f"MPIIFaceGaze: {self.path!r}: {name} has shape {node.shape} and dtype {node.dtype} "
+                                  f"({size / 2**20:.0f} MiB, more than the {MAX_SAMPLE_BYTES >> 20} MiB a sample may "
+                                  f"take); expected {expected}")
         value = node[()] if isinstance(node, _h5py().Dataset) else None
         if not isinstance(value, np.ndarray) or not shape_check(value):
             what = (f"has shape {np.shape(value)} and dtype {value.dtype}" if isinstance(value, np.ndarray)
