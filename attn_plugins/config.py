@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
@@ -375,14 +376,27 @@ def parse_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict
         return {}
     if isinstance(overrides, Mapping):
         return dict(overrides)
-    from mmengine.config import DictAction
     out = {}
     for item in overrides:
         key, sep, value = str(item).partition('=')
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE (as --cfg-options)")
-        out[key] = DictAction._parse_iterable(value)
+        out[key] = _parse_override_value(key, value)
     return out
+
+
+def _parse_override_value(key: str, value: str):
+    """mmengine's --cfg-options value syntax (`1`, `x`, `[1, 2]`, `(1333, 800)`); what its parser
+    trips on (an AssertionError, or endless recursion on a YAML tag before brackets) names the option."""
+    from mmengine.config import DictAction
+    if re.match(r'\s*!!?[\w/]*\s*[\[(]', value):       # `!!python/tuple [1, 2]`, `!tuple [1, 2]`
+        raise ConfigError(f"--cfg-options {key}={value}: YAML tags are not --cfg-options syntax; "
+                          "write a tuple as (a, b) and a list as [a, b]")
+    try:
+        return DictAction._parse_iterable(value)
+    except (AssertionError, RecursionError):
+        raise ConfigError(f"--cfg-options {key}={value}: unbalanced brackets; "
+                          "write a tuple as (a, b) and a list as [a, b]") from None
 
 
 def load_config(path: str, overrides: Sequence[str] | Mapping[str, Any] | None = None, trust: bool = False):
