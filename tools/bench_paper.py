@@ -9,8 +9,8 @@ Sources of the paper numbers (`PAPER`):
             SE 7.60 (224x224); SE-ResNet-50 ~28.1M params (text). ResNet-101 44.55M and
             SE-ResNet-101 49.33M as listed by mmpretrain and the CBAM paper.
     CBAM    Woo et al., ECCV 2018, ImageNet table: ResNet-50 25.56M / 3.858, + SE 28.09M / 3.860,
-            + CBAM 28.09M / 3.864 (taken from the issue and docs/modules.md, marked unconfirmed
-            there: not re-read from the paper in this repository).
+            + CBAM 28.09M / 3.864 (from the reference notes' modules.md, marked unconfirmed there:
+            not re-read from the paper in this repository; issue 10 quotes only the SE paper).
     NL      Wang et al., CVPR 2018, Table 1 (C2D: 32x224x224 clip, conv1 stride 2,2,2, pool1 3x3x3
             stride 2, pool2 3x1x1 stride 2 in time) and Table 2e: R101 C2D 43.2M params, 34.2B
             FLOPs; 5-block NL C2D 1.2x params, 1.2x FLOPs; text: the 5-block NL R50 has ~70% of the

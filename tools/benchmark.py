@@ -9,7 +9,8 @@
 The measurement behind README's results section (quiet machine, about an hour):
     python tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
     python tools/benchmark.py --readme work_dirs/benchmark/models.json          (= make bench-full)
-`make bench` runs the quick subset (--suite models --quick --paper): a harness check.
+`make bench` runs a quick subset: ResNet-50 + SE / + CBAM against timm's at 224x224 (their goals),
+no resolution sweep, and --paper; `--quick` (tiny shapes) only checks the harness.
 
 Suite 'models' (tools/bench_models.py): whole models, base vs ours vs peer (params, FLOPs with
 the gate ops mmengine skips (tools/bench_flops.py), CPU latency and peak memory as ratios to the
