@@ -215,6 +215,9 @@ def detection_demo(args) -> None:
     train_s = time.time() - start
     print(f"[demo] trained in {train_s:.0f} s; evaluating the last checkpoint with CocoMetric ...", flush=True)
     metrics = {k: float(v) for k, v in runner.test().items()}
+    if 'coco/bbox_mAP' not in metrics:
+        from attn_plugins.registry import RunFailed
+        raise RunFailed(f"demo: CocoMetric gave no bbox metrics for {work_dir} (the detector predicted nothing)")
     report = dict(config=config, epochs=epochs, iterations=runner.iter, train_seconds=round(train_s, 1),
                   metrics=metrics, checkpoint=os.path.join(work_dir, f'epoch_{epochs}.pth'))
     with open(os.path.join(work_dir, 'metrics.json'), 'w') as f:
