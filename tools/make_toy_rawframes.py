@@ -12,7 +12,12 @@ in every class and at every frame index the blob's position is uniform: a single
 no information about the class, and only the order of the frames tells the direction (with the
 frames shuffled, at most the axis of motion is left). `registry_tests/test_video.py` checks both.
 
+With `--classes axis` there are two classes, 0 horizontal and 1 vertical, each clip moving either way
+along its axis (sign drawn at random): still no single frame tells the class, but a model blind to the
+order of frames (the C2D toy, `registry_tests/test_video_c2d.py`) can learn it.
+
     python tools/make_toy_rawframes.py --out data/toy_rawframes [--train-per-class 32] [--val-per-class 16]
+                                       [--classes {direction,axis}]
 """
 from __future__ import annotations
 
@@ -25,13 +30,16 @@ import numpy as np
 CLASSES = ('right', 'left', 'down', 'up')
 # (dy, dx) per frame for each class, in units of `speed`
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+# --classes axis: class -> the two directions (indices into DIRECTIONS) a clip of it may take
+AXIS_CLASSES = ('horizontal', 'vertical')
+AXIS_DIRECTIONS = ((0, 1), (2, 3))
 
 
-def render_clip(rng: np.random.Generator, label: int, frames: int, size: int, speed: float,
+def render_clip(rng: np.random.Generator, direction: int, frames: int, size: int, speed: float,
                 sigma: float, noise: float) -> np.ndarray:
-    """(frames, size, size, 3) uint8 frames of one clip of class `label`."""
+    """(frames, size, size, 3) uint8 frames of one clip moving in DIRECTIONS[direction]."""
     start = rng.uniform(0, size, 2)                                   # (y, x), uniform on the torus
-    step = np.asarray(DIRECTIONS[label], dtype=float) * speed
+    step = np.asarray(DIRECTIONS[direction], dtype=float) * speed
     grid = np.arange(size, dtype=float)
     colour = np.array([230.0, 200.0, 60.0])
     clip = np.empty((frames, size, size, 3), dtype=np.uint8)
@@ -48,15 +56,17 @@ def render_clip(rng: np.random.Generator, label: int, frames: int, size: int, sp
 
 
 def write_split(out: str, split: str, per_class: int, rng: np.random.Generator, frames: int, size: int,
-                speed: float, sigma: float, noise: float) -> list[tuple[str, int, int]]:
+                speed: float, sigma: float, noise: float, classes: str = 'direction') -> list[tuple[str, int, int]]:
     from PIL import Image
-    labels = rng.permutation(np.repeat(np.arange(len(CLASSES)), per_class))
+    names = CLASSES if classes == 'direction' else AXIS_CLASSES
+    labels = rng.permutation(np.repeat(np.arange(len(names)), per_class))
     rows = []
     for index, label in enumerate(labels.tolist()):
         video = f'{split}_{index:05d}'       # names say nothing about the class
         folder = os.path.join(out, 'rawframes', video)
         os.makedirs(folder, exist_ok=True)
-        for t, frame in enumerate(render_clip(rng, label, frames, size, speed, sigma, noise)):
+        direction = label if classes == 'direction' else int(rng.choice(AXIS_DIRECTIONS[label]))
+        for t, frame in enumerate(render_clip(rng, direction, frames, size, speed, sigma, noise)):
             Image.fromarray(frame).save(os.path.join(folder, f'img_{t + 1:05d}.jpg'), quality=95)
         rows.append((video, frames, label))
     with open(os.path.join(out, f'{split}.txt'), 'w') as f:
@@ -65,8 +75,12 @@ def write_split(out: str, split: str, per_class: int, rng: np.random.Generator, 
 
 
 def make_dataset(out: str, train_per_class: int = 32, val_per_class: int = 16, frames: int = 12, size: int = 32,
-                 speed: float = 2.0, sigma: float = 2.5, noise: float = 8.0, seed: int = 0) -> dict:
+                 speed: float = 2.0, sigma: float = 2.5, noise: float = 8.0, seed: int = 0,
+                 classes: str = 'direction') -> dict:
     """Write the dataset; returns {'train': rows, 'val': rows} with rows (video, total_frames, label)."""
+    if classes not in ('direction', 'axis'):
+        raise ValueError(f"--classes: expected 'direction' (right/left/down/up) or 'axis' "
+                         f"(horizontal/vertical), got {classes!r}")
     if frames < 2:
         raise ValueError(f"--frames: motion needs at least 2 frames, got {frames}")
     if size < 8:
@@ -77,8 +91,8 @@ def make_dataset(out: str, train_per_class: int = 32, val_per_class: int = 16, f
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'classes.txt'), 'w') as f:
-        f.writelines(f'{name}\n' for name in CLASSES)
-    return {split: write_split(out, split, n, rng, frames, size, speed, sigma, noise)
+        f.writelines(f'{name}\n' for name in (CLASSES if classes == 'direction' else AXIS_CLASSES))
+    return {split: write_split(out, split, n, rng, frames, size, speed, sigma, noise, classes)
             for split, n in (('train', train_per_class), ('val', val_per_class))}
 
 
@@ -91,10 +105,12 @@ def main(argv=None) -> int:
     parser.add_argument('--size', type=int, default=32, help='frame side in pixels')
     parser.add_argument('--speed', type=float, default=2.0, help='pixels a frame')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--classes', choices=('direction', 'axis'), default='direction',
+                        help='direction: right/left/down/up (4 classes); axis: horizontal/vertical (2 classes)')
     args = parser.parse_args(argv)
     try:
         rows = make_dataset(args.out, args.train_per_class, args.val_per_class, args.frames, args.size,
-                            args.speed, seed=args.seed)
+                            args.speed, seed=args.seed, classes=args.classes)
     except ValueError as err:
         print(f"make_toy_rawframes.py: error: {err}", file=sys.stderr)
         return 2
