@@ -625,7 +625,7 @@ def goal_lines(result: dict) -> list[str]:
             f"vs peer {g['peer_time_overhead']:+.1%} (median of per-round ratios to the base)"
             + (f"; time ours / peer {g['ours_vs_peer']:.3f} per round, median [95% interval "
                f"{g['ours_vs_peer_ci'][0]:.3f}-{g['ours_vs_peer_ci'][1]:.3f}]: {g['verdict']}"
-               + (f" (met: median <= 1 and interval below {1 + g['tolerance']:.2f})" if 'tolerance' in g else '')
+               + (f" (PASS needs: median <= 1 and interval top <= {1 + g['tolerance']:.2f})" if 'tolerance' in g else '')
                if 'ours_vs_peer' in g else '')
             + f"; FLOPs overhead ours {g['ours_flops_overhead']:+.2%} vs peer {g['peer_flops_overhead']:+.2%}"
             for g in result.get('goals', [])]
