@@ -154,14 +154,10 @@ def run_tool(prog: str, fn, *args, **kwargs) -> int:
     a failure without waiting for the other ranks: they may never get there)."""
     try:
         status = fn(*args, **kwargs)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, RunFailed) as err:   # RunFailed: diverged training, no metrics (status 1)
         _destroy_process_group()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except RunFailed as err:        # diverged training, no metrics: the run's result is not trustworthy
-        _destroy_process_group()
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, RunFailed) else 2
     except TypeError as err:        # a config key the class does not take, met when the Runner builds lazily
         if not UNKNOWN_OPTION.search(str(err)):          # (datasets, metrics, hooks at train/test time)
             _destroy_process_group()
