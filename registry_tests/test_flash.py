@@ -43,7 +43,9 @@ class OpLog(TorchDispatchMode):
         return out
 
     def bmms(self):
-        return [tuple(shapes[:2]) for name, shapes, _ in self.calls if name == 'bmm']
+        """The operand shapes of every batched product (baddbmm: its two factors)."""
+        return [tuple(shapes[:2]) if name == 'bmm' else tuple(shapes[1:3])
+                for name, shapes, _ in self.calls if name in ('bmm', 'baddbmm', 'baddbmm_')]
 
 
 def test_gradcheck_float64_several_chunks(force_chunks, bmm_spy):
