@@ -1,7 +1,8 @@
 """attn_plugins: attention blocks from the literature, pluggable into timm and OpenMMLab
 models from a config file.
 
-Public API: list_plugins, build, inject, create_model, load_config, auxiliary_losses.
+Public API: list_plugins, build, inject (reattach_blocks after a SyncBN conversion), create_model,
+load_config, auxiliary_losses.
 The core install needs torch, timm, mmengine and pyyaml; `import attn_plugins` itself imports only
 torch, and registers into timm, mmengine and mmseg when they are imported (see below).
 """
@@ -13,16 +14,17 @@ from .registry import BLOCKS, ConfigError, build, get_block, list_plugins
 
 __version__ = '0.1.0'
 
-__all__ = ['list_plugins', 'build', 'get_block', 'inject', 'create_model', 'load_config', 'ConfigError', 'BLOCKS',
+__all__ = ['list_plugins', 'build', 'get_block', 'inject', 'reattach_blocks', 'detached_blocks', 'create_model',
+           'load_config', 'ConfigError', 'BLOCKS',
            'SE', 'SpatialWeights', 'PositionAttention', 'ChannelAttention', 'DualAttention', 'CBAM',
            'PyramidAttention', 'NonLocal', 'PayAttention', 'reset_attention_blocks', 'auxiliary_losses',
            'total_auxiliary_loss', '__version__']
 
 
 def __getattr__(name):  # lazy: keep `import attn_plugins` light
-    if name == 'inject':
-        from .injector import inject
-        return inject
+    if name in ('inject', 'reattach_blocks', 'detached_blocks'):
+        from . import injector
+        return getattr(injector, name)
     if name == 'create_model':
         from .integrations.timm import create_model
         return create_model

@@ -31,6 +31,14 @@ Base-model parameter names do not change: a block becomes a child of the module 
 takes (run from a forward hook that looks it up by attribute name, so deepcopy and pickling
 work), or is appended to an nn.Sequential. A checkpoint of the base model therefore loads with
 only the plugin keys missing. Every insertion is listed in `model.attn_plugins_report`.
+
+A hook lives on its module object: a tool that replaces the host and moves its children over
+(SyncBatchNorm conversion either way: mmengine's Runner reverts SyncBN in every non-distributed
+run; timm's train.py --sync-bn) keeps the block but drops its hook, so the block silently stops
+running. `reattach_blocks(model)` registers the hooks again from the report (our `build_runner`
+does it after building the Runner, and its `CheckBlocksHook` re-checks before each train / val /
+test run, failing with the block's path where it cannot heal); `detached_blocks(model)` lists
+blocks that would not run.
 """
 from __future__ import annotations
 
@@ -64,6 +72,7 @@ class Insertion:
     channels: int
     attr: str            # qualified name of the block itself
     options: dict = field(default_factory=dict)
+    output_index: Any = None   # position 'after[i]': the output (list index or dict key) the block takes
 
     def __str__(self) -> str:
         return f"{self.attr}: {self.type}({self.channels}) {self.position} {self.path}"
@@ -543,7 +552,7 @@ def _inject_outputs(model, spec, where, kind, child_name, example_input, block_c
             attr = _attr_name(module, f"{type_name}Out{suffix}", bool(spec.get('stack')), shown, where)
             module.add_module(attr, block)
             attrs[index] = attr
-            out.append(Insertion(shown, f'after[{index}]', type_name, channels, _join(path, attr), options))
+            out.append(Insertion(shown, f'after[{index}]', type_name, channels, _join(path, attr), options, index))
         module.register_forward_hook(_ApplyToOutputs(attrs))
     return out
 
@@ -569,3 +578,116 @@ def _insert(model, path, module, block, kind, stack, where, type_name, channels,
     else:
         module.register_forward_pre_hook(_block_hook('before', attr))
     return Insertion(shown, kind, type_name, channels, _join(path, attr), options)
+
+
+# ---------------------------------------------------------------- re-attaching
+def _recorded_blocks(model: nn.Module):
+    """(report holder, record, qualified host path, host or None, block attribute) for every
+    'after' / 'before' / 'after[i]' insertion in every attn_plugins_report inside `model`, in
+    report order ('replace' blocks are children like any other and need no hook)."""
+    for prefix, holder in model.named_modules():
+        for record in getattr(holder, 'attn_plugins_report', None) or []:
+            if record.position not in ('after', 'before') and not record.position.startswith('after['):
+                continue
+            host_path = '' if record.path == '.' else record.path
+            try:
+                host = holder.get_submodule(host_path) if host_path else holder
+            except AttributeError:
+                host = None
+            yield holder, record, _join(prefix, host_path), host, record.attr.rpartition('.')[2]
+
+
+def _hook_kind(record: Insertion, host: nn.Module) -> str:
+    """How the block runs: 'sequential' (appended to an nn.Sequential, no hook), 'after', 'before'
+    or 'outputs' (an `_ApplyToOutputs` forward hook)."""
+    if record.position == 'after':
+        return 'sequential' if isinstance(host, nn.Sequential) else 'after'
+    return 'before' if record.position == 'before' else 'outputs'
+
+
+def _output_index(record: Insertion):
+    """The output an 'after[i]' block takes (reports pickled before `output_index` was recorded:
+    read from the position)."""
+    if record.output_index is not None:
+        return record.output_index
+    text = record.position[len('after['):-1]
+    return int(text) if re.fullmatch(r'-?\d+', text) else text
+
+
+def _attached(host: nn.Module, attr: str, kind: str) -> bool:
+    if kind == 'sequential':
+        return True
+    if kind == 'before':
+        return any(h is _block_hook('before', attr) for h in host._forward_pre_hooks.values())
+    if kind == 'after':
+        return any(h is _block_hook('after', attr) for h in host._forward_hooks.values())
+    return any(isinstance(h, _ApplyToOutputs) and attr in h.attrs.values() for h in host._forward_hooks.values())
+
+
+def reattach_blocks(model: nn.Module) -> list[str]:
+    """Register again the hooks that run injected blocks whose host module was replaced, and
+    return the paths of those blocks.
+
+    A block 'after' / 'before' a module (not an nn.Sequential) is a child of that module, run by a
+    forward hook on it. Tools that rebuild a module and move its children over drop its hooks:
+    mmengine's `revert_sync_batchnorm` (Runner.wrap_model, in every non-distributed run) and
+    `convert_sync_batchnorm` (cfg `sync_bn`), `nn.SyncBatchNorm.convert_sync_batchnorm`, timm's
+    `convert_sync_batchnorm` (train.py --sync-bn). The block stays in the state dict but no longer
+    runs. This finds every insertion of every `attn_plugins_report` inside `model` (a wrapper
+    such as DDP too) whose host lacks its hook and registers the same hook again, in report
+    order; hooks still in place are left alone (idempotent). Then the `AFTER_INJECT` callbacks run
+    again on each report's model (mmengine: the blocks' own init through the new host's
+    init_weights). `attn_plugins.runner.build_runner` calls it after building the Runner; call it
+    yourself after such a conversion."""
+    reattached, seen, touched = [], set(), []
+    output_hooks: dict[int, tuple[nn.Module, list[dict]]] = {}
+    for holder, record, host_path, host, attr in _recorded_blocks(model):
+        block_path = _join(host_path, attr)
+        if host is None or attr not in host._modules or block_path in seen:
+            continue        # gone: `detached_blocks` names it
+        seen.add(block_path)
+        kind = _hook_kind(record, host)
+        if _attached(host, attr, kind):
+            continue
+        if kind == 'after':
+            host.register_forward_hook(_block_hook('after', attr))
+        elif kind == 'before':
+            host.register_forward_pre_hook(_block_hook('before', attr))
+        else:           # one hook per run of distinct outputs, as each spec made one
+            groups = output_hooks.setdefault(id(host), (host, []))[1]
+            index = _output_index(record)
+            if not groups or index in groups[-1]:
+                groups.append({})
+            groups[-1][index] = attr
+        reattached.append(block_path)
+        if not any(holder is t for t in touched):
+            touched.append(holder)
+    for host, groups in output_hooks.values():
+        for attrs in groups:
+            host.register_forward_hook(_ApplyToOutputs(attrs))
+    for holder in touched:
+        for callback in AFTER_INJECT:
+            callback(holder)
+    return reattached
+
+
+def detached_blocks(model: nn.Module) -> list[str]:
+    """Every recorded block (see `reattach_blocks`) that would not run in a forward of `model`,
+    as '<block path>: <why>'; empty when all are in place."""
+    problems, seen = [], set()
+    for _, record, host_path, host, attr in _recorded_blocks(model):
+        block_path = _join(host_path, attr)
+        if block_path in seen:
+            continue
+        seen.add(block_path)
+        shown = host_path or '.'
+        if host is None:
+            problems.append(f"{block_path}: its host module {shown!r} is no longer in the model")
+        elif attr not in host._modules:
+            problems.append(f"{block_path}: no longer a child of {shown!r} ({type(host).__name__}); the module "
+                            "was replaced without its children (e.g. a BN fused into a conv)")
+        elif not _attached(host, attr, _hook_kind(record, host)):
+            problems.append(f"{block_path}: the hook on {shown!r} ({type(host).__name__}) that runs it is gone "
+                            "(the module was replaced, e.g. by a SyncBatchNorm conversion); call "
+                            "attn_plugins.reattach_blocks(model)")
+    return problems

@@ -53,8 +53,8 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         from .datasets.mpiifacegaze import check_person_folds
         check_person_folds(cfg, check_data)       # leave-one-person-out: no evaluated person trained on
     hooks = list(cfg.get('custom_hooks') or [])
-    # safe checkpoints; blocks' auxiliary losses; stop on a NaN / inf loss
-    for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook', 'FiniteLossHook'):
+    # safe checkpoints; blocks' auxiliary losses; stop on a NaN / inf loss; every injected block runs
+    for hook in ('SafeCheckpointHook', 'AuxiliaryLossHook', 'FiniteLossHook', 'CheckBlocksHook'):
         if not any(h.get('type') == hook for h in hooks):
             hooks.append(dict(type=hook))
     if progress_interval:
@@ -108,9 +108,13 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         if converted is None:
             raise
         raise ConfigError(f"{config}: {converted}") from None
+    from mmengine.model import is_model_wrapper
+    from .injector import reattach_blocks
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    # Runner.__init__ (wrap_model) reverts SyncBN (one process) or converts BN (cfg sync_bn): new
+    # norm modules without the hooks that run blocks injected after / before them
+    reattach_blocks(model)
     if load_from is not None and not allow_partial_checkpoint:
-        from mmengine.model import is_model_wrapper
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         mismatch = state_dict_mismatch(model, load_state_dict_file(cfg.load_from))
         if mismatch:
             raise ConfigError(f"checkpoint {load_from!r} does not fit the model of {config}: {mismatch}; "

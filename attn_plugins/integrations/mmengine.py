@@ -8,7 +8,7 @@ builder of mmdet's/mmseg's ResNet passes it) and carry an `_abbr_` for layer nam
 Blocks keep their own init through a host's `init_weights()`: see `restore_blocks_on_init`
 (run by every `attn_plugins.inject`, hence `InjectAttention`, once this module is registered).
 Also registered: the `InjectAttention` builder and `TimmBackbone` (MODELS), the
-`SafeCheckpointHook`, `ProgressHook`, `AuxiliaryLossHook` and `FiniteLossHook` (HOOKS), and
+`SafeCheckpointHook`, `ProgressHook`, `AuxiliaryLossHook`, `FiniteLossHook` and `CheckBlocksHook` (HOOKS), and
 `CPUDistributedDataParallel` (MODEL_WRAPPERS); for full-face gaze, `GazeEstimator` (MODELS),
 `MPIIFaceGazeDataset` (DATASETS) and `MeanAngularError` (METRICS) (see `register_gaze`); for
 Learn to Pay Attention on CIFAR, `AttentionClassifier`, `PayAttentionVGG` and `VGGBNDrop` (MODELS),
@@ -251,6 +251,39 @@ class TrainingDiverged(RunFailed):
     """A training run's loss became NaN / inf (see `FiniteLossHook`)."""
 
 
+class CheckBlocksHook(Hook):
+    """Before each train / val / test run: every injected block runs. A block whose host lost its
+    hook (the host was replaced, e.g. by a SyncBatchNorm conversion in a hook or a custom model
+    wrapper after `build_runner`) gets it back (`injector.reattach_blocks`, with a warning); one
+    that cannot (its host or the block itself is gone) stops the run with its path
+    (`BlocksDetached`), instead of training or evaluating without it. `build_runner` adds it to
+    every run; with OpenMMLab's own tools put `custom_hooks=[dict(type='CheckBlocksHook')]`."""
+    priority = 'VERY_HIGH'
+
+    def _check(self, runner) -> None:
+        from ..injector import detached_blocks, reattach_blocks
+        healed = reattach_blocks(runner.model)
+        if healed:
+            runner.logger.warning(f"attn_plugins: re-attached {len(healed)} injected block(s) whose host module "
+                                  f"was replaced: {', '.join(healed)}")
+        problems = detached_blocks(runner.model)
+        if problems:
+            raise BlocksDetached(f"{len(problems)} injected block(s) would not run: {'; '.join(problems)}")
+
+    def before_train(self, runner) -> None:
+        self._check(runner)
+
+    def before_val(self, runner) -> None:
+        self._check(runner)
+
+    def before_test(self, runner) -> None:
+        self._check(runner)
+
+
+class BlocksDetached(RunFailed):
+    """An injected block would not run in the model's forward (see `CheckBlocksHook`)."""
+
+
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper for CPU training (gloo): drops the `device_ids` the Runner
     always passes, which torch rejects for CPU modules."""
@@ -282,7 +315,7 @@ def register_blocks() -> None:
     for registry in (MODELS, scoped_registry()):
         for name, obj in models.items():
             register_once(registry, name, obj)
-    for hook in (SafeCheckpointHook, ProgressHook, AuxiliaryLossHook, FiniteLossHook):
+    for hook in (SafeCheckpointHook, ProgressHook, AuxiliaryLossHook, FiniteLossHook, CheckBlocksHook):
         register_once(HOOKS, hook.__name__, hook)
     register_once(MODEL_WRAPPERS, CPUDistributedDataParallel.__name__, CPUDistributedDataParallel)
     register_gaze()
