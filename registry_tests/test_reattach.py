@@ -124,6 +124,22 @@ def test_reattach_is_idempotent_and_leaves_attached_hooks_alone():
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
 
 
+def test_a_block_appended_to_a_sequential_gets_no_hook():
+    from attn_plugins import detached_blocks, reattach_blocks
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(nn.Conv2d(8, 8, 1), nn.SyncBatchNorm(8)))
+    inject(model, [dict(type='SE', where='1', position='after', reduction=2),          # appended: '1.attn_se'
+                   dict(type='SE', where='1', position='after:1', reduction=2)],       # hook on the norm
+           example_input=torch.zeros(1, 3, 8, 8))
+    randomize(model).eval()
+    with torch.no_grad():
+        reference = model(X)
+    model = _mmengine_revert(model)
+    assert reattach_blocks(model) == ['1.1.attn_se'] and detached_blocks(model) == []
+    assert not model[1]._forward_hooks
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), reference, rtol=0, atol=0)
+
+
 class Pyramid(nn.Module):
     """Two feature maps, as a tuple or a dict."""
 
