@@ -691,3 +691,15 @@ def detached_blocks(model: nn.Module) -> list[str]:
                             "(the module was replaced, e.g. by a SyncBatchNorm conversion); call "
                             "attn_plugins.reattach_blocks(model)")
     return problems
+
+
+def hooked_blocks(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """(block path, host path, host) of every recorded block that a hook on its host runs (not
+    those appended to an nn.Sequential, nor 'replace' blocks), in report order."""
+    found, seen = [], set()
+    for _, record, host_path, host, attr in _recorded_blocks(model):
+        block_path = _join(host_path, attr)
+        if host is not None and block_path not in seen and _hook_kind(record, host) != 'sequential':
+            seen.add(block_path)
+            found.append((block_path, host_path, host))
+    return found

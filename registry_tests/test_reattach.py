@@ -271,3 +271,22 @@ def test_check_blocks_hook_heals_or_names_a_detached_block(tiny_runner):
         with pytest.raises(BlocksDetached, match=r"1 injected block\(s\) would not run: "
                                                   r"backbone\.layer3\.1\.bn2\.attn_se: no longer a child"):
             stage(tiny_runner)
+
+
+def test_check_blocks_hook_refuses_efficient_conv_bn_eval_over_hooked_norms(tmp_path):
+    """mmengine's `efficient_conv_bn_eval` fuses conv+BN in eval: blocks hooked on the BN would be
+    skipped in validation, so training stops first with the key and the blocks named."""
+    from attn_plugins import ConfigError
+    from attn_plugins.integrations.mmengine import CheckBlocksHook
+    from attn_plugins.runner import build_runner
+    path = tmp_path / 'tiny_syncbn_seg.yaml'
+    path.write_text(TINY_SEG)
+    runner = build_runner(str(path), work_dir=str(tmp_path / 'work'),
+                          cfg_options={'efficient_conv_bn_eval': ['backbone.layer2']})
+    hook = next(h for h in runner.hooks if isinstance(h, CheckBlocksHook))
+    with pytest.raises(ConfigError, match=r"efficient_conv_bn_eval: \['backbone.layer2'\]: .* skipped in eval mode "
+                                          r"\(every validation of this run\): backbone\.layer2\.0\.bn2\.attn_se, "
+                                          r"backbone\.layer2\.1\.bn2\.attn_se; remove"):
+        hook.before_train(runner)
+    runner.cfg.efficient_conv_bn_eval = 'decode_head'      # no block there
+    hook.before_train(runner)

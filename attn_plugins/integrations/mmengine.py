@@ -272,6 +272,21 @@ class CheckBlocksHook(Hook):
 
     def before_train(self, runner) -> None:
         self._check(runner)
+        fused = runner.cfg.get('efficient_conv_bn_eval')
+        if fused:       # the Runner has put conv+BN into one op for eval: a BN's hooks no longer run
+            import torch.nn as nn
+            from mmengine.model import is_model_wrapper
+            from ..injector import hooked_blocks
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            prefixes = [fused] if isinstance(fused, str) else list(fused)
+            skipped = [block for block, host_path, host in hooked_blocks(model)
+                       if isinstance(host, nn.modules.batchnorm._BatchNorm)
+                       and any(host_path == p or host_path.startswith(p + '.') for p in prefixes)]
+            if skipped:
+                raise ConfigError(f"efficient_conv_bn_eval: {prefixes}: mmengine fuses each conv with the BN after "
+                                  "it in eval mode, bypassing the BN's forward hooks, so these injected blocks would "
+                                  f"be skipped in eval mode (every validation of this run): {', '.join(skipped)}; "
+                                  "remove efficient_conv_bn_eval or inject the blocks elsewhere")
 
     def before_val(self, runner) -> None:
         self._check(runner)
