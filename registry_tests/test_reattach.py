@@ -173,8 +173,9 @@ def _rebuilt(module):
     return new
 
 
+@pytest.mark.parametrize('old_report', [False, True], ids=['report', 'report-without-output_index'])
 @pytest.mark.parametrize('as_dict', [False, True], ids=['tuple', 'dict'])
-def test_reattach_on_a_multi_output_host(as_dict):
+def test_reattach_on_a_multi_output_host(as_dict, old_report):
     from attn_plugins import detached_blocks, reattach_blocks
     first, second = ('res1', 'res2') if as_dict else (0, 1)
     model = Net(as_dict).eval()
@@ -186,6 +187,10 @@ def test_reattach_on_a_multi_output_host(as_dict):
         reference = model(X)
     blocks = [n for n, m in model.body.named_children() if n.startswith('attn_')]
     assert len(blocks) == 3
+    assert [r.output_index for r in model.attn_plugins_report] == [first, second, first]
+    if old_report:                   # pickled before the report recorded it: read from the position
+        for record in model.attn_plugins_report:
+            del record.output_index
     model.body = _rebuilt(model.body)
     with torch.no_grad():
         stale = model(X)
