@@ -117,6 +117,21 @@ def test_se_paper_gflops_conventions():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('count', [2, 3, 4, 5, 6])
+def test_run_orders_balance_position_and_predecessor(count):
+    """Over one cycle of `balanced_orders` every variant runs in every position equally often and
+    right after each other variant equally often (a plain rotation runs b right after a in 2 of 3
+    rounds and never right after c)."""
+    from collections import Counter
+    labels = list('abcdef'[:count])
+    orders = bench_models.balanced_orders(labels)
+    assert all(sorted(order) == labels for order in orders)
+    positions = Counter((position, label) for order in orders for position, label in enumerate(order))
+    assert set(positions.values()) == {len(orders) // count} and len(positions) == count * count
+    follows = Counter((first, second) for order in orders for first, second in zip(order, order[1:]))
+    assert len(follows) == count * (count - 1) and len(set(follows.values())) == 1, follows
+
+
 def test_quick_models_suite_json_plots_oom_and_readme(tmp_path):
     """VGG-16 +- LTPA and the PAM sweep on tiny shapes: rows with ratios to the base, the peer not run
     where its N x N maps exceed the (lowered) memory limit, valid PNGs; then the README section from
@@ -134,6 +149,7 @@ def test_quick_models_suite_json_plots_oom_and_readme(tmp_path):
     assert row['case'] == 'VGG-16 + LTPA' and set(row['variants']) == {'base', 'ours'}
     ours, base = row['variants']['ours'], row['variants']['base']
     assert len(ours['time_s']['samples']) == 3 and row['repeats'] == 3
+    assert row['order'] == [['base', 'ours'], ['ours', 'base'], ['base', 'ours']]      # balanced_orders, from the first
     assert [b['type'] for b in ours['blocks'].values()] == ['PayAttention'] * 3
     assert all(b['flops_gates'] > 0 for b in ours['blocks'].values()) and base['blocks'] == {}
     ratios = row['vs_base']['ours']

@@ -4,7 +4,7 @@ Every case is a base model and its variants (ours: a block put in by our injecto
 peer: the same block from timm, mmcv or mmseg). Per variant: parameters, FLOPs (mmengine's
 count plus the gate ops it skips, see tools/bench_flops.py), CPU latency and peak memory of the
 forward pass, and the ratio of each to the base. Latency: all variants of a case run in one
-process on the same input, interleaved in rounds (the order rotates every round) after untimed
+process on the same input, interleaved in rounds (run orders balanced: `balanced_orders`) after untimed
 warm-up rounds; median, min/max and quartiles per variant, ratios of medians and the range of
 per-round ratios. A goal (ours' time overhead at most the peer's) is decided on the per-round
 ratio ours / peer: its median, with a distribution-free 95% interval (`median_ci`) that says
@@ -218,8 +218,31 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
 
 
+def balanced_orders(labels: list) -> list[list]:
+    """The run orders of successive rounds, a Williams design: over len(result) rounds every variant
+    runs in every position equally often and right after each other variant equally often (within a
+    round), so a carry-over effect of one model on the next (caches, the allocator's state) averages
+    out of the per-round ratios. With the plain rotation used before, ours ran right after the base in
+    2 of 3 rounds, and the per-round ratio ours / peer of ResNet-50 + SE depended on the order (quiet
+    machine, 30 rounds each): 1.047 for (peer, base, ours), 0.990 for (base, ours, peer), 1.009 for
+    (ours, peer, base); CBAM 1.051 / 1.007 / 1.015. For an odd count, the design's rotations plus
+    their mirror images (2n orders); for an even count, n orders."""
+    n = len(labels)
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:                     # 0, 1, n-1, 2, n-2, ...
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(k + shift) % n for k in first] for shift in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return [[labels[k] for k in row] for row in rows]
+
+
 def child_time(spec: dict, quick: bool, warmup: int, repeats: int, threads: int) -> dict:
-    """Interleaved timing of every variant of `spec` (order rotated each round), then their complexity."""
+    """Interleaved timing of every variant of `spec` (run orders of `balanced_orders`), then their complexity."""
     import torch
 
     from bench_flops import complexity
@@ -229,9 +252,10 @@ def child_time(spec: dict, quick: bool, warmup: int, repeats: int, threads: int)
     models = {label: build(builder, quick) for label, builder in spec['variants'].items()}
     labels = list(models)
     times, order = {label: [] for label in labels}, []
+    turns = balanced_orders(labels)
     with torch.no_grad():
         for i in range(warmup + repeats):
-            turn = labels[i % len(labels):] + labels[:i % len(labels)]
+            turn = turns[(i - warmup) % len(turns)]      # the timed rounds start the design
             for label in turn:
                 start = time.perf_counter()
                 out = models[label](x)
@@ -422,9 +446,10 @@ def child_block(factories: dict, imports: dict, shape, warmup: int, repeats: int
         return dict(peak_mb=max(peak - base, 0) / 1024)
     blocks = {label: eval(f, scope).eval() for label, f in factories.items()}
     labels, times = list(blocks), {label: [] for label in blocks}
+    turns = balanced_orders(labels)
     with torch.no_grad():
         for i in range(warmup + repeats):
-            for label in labels[i % len(labels):] + labels[:i % len(labels)]:
+            for label in turns[(i - warmup) % len(turns)]:
                 start = time.perf_counter()
                 blocks[label](x)
                 if i >= warmup:
