@@ -272,7 +272,7 @@ def test_check_blocks_hook_heals_or_names_a_detached_block(tiny_runner):
         tiny_runner.model.eval()(torch.zeros(1, 3, 32, 32), mode='tensor')
     assert calls == ['SE']
     backbone.layer3[1].bn2 = nn.BatchNorm2d(32)                     # a norm without the block
-    for stage in (hooks[0].before_train, hooks[0].before_val, hooks[0].before_test):
+    for stage in (hooks[0].before_run, hooks[0].before_train, hooks[0].before_val, hooks[0].before_test):
         with pytest.raises(BlocksDetached, match=r"1 injected block\(s\) would not run: "
                                                   r"backbone\.layer3\.1\.bn2\.attn_se: no longer a child"):
             stage(tiny_runner)
@@ -295,3 +295,30 @@ def test_check_blocks_hook_refuses_efficient_conv_bn_eval_over_hooked_norms(tmp_
         hook.before_train(runner)
     runner.cfg.efficient_conv_bn_eval = 'decode_head'      # no block there
     hook.before_train(runner)
+
+
+def test_check_blocks_hook_heals_a_runner_of_openmmlab_tools_before_init(tmp_path):
+    """OpenMMLab's own tools/train.py: Runner.from_cfg reverts SyncBN and nothing re-attaches until
+    the hook's before_run, which comes before the model's init_weights (blocks keep their own init)."""
+    import yaml
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from attn_plugins import SE
+    from attn_plugins.integrations.mmengine import CheckBlocksHook
+    cfg = yaml.safe_load(TINY_SEG)
+    cfg['model'] = dict(type='InjectAttention', plugins=cfg['model'].pop('plugins'), module=cfg['model'])
+    cfg.update(custom_imports=dict(imports=['attn_plugins']), custom_hooks=[dict(type='CheckBlocksHook')],
+               work_dir=str(tmp_path))
+    runner = Runner.from_cfg(Config(cfg))
+    blocks = [m for m in runner.model.modules() if isinstance(m, SE)]
+    calls = _count_calls(*blocks)
+    with torch.no_grad():
+        runner.model.eval()(torch.zeros(1, 3, 32, 32), mode='tensor')
+    assert len(blocks) == 8 and calls == []          # what mmengine alone leaves
+    next(h for h in runner.hooks if isinstance(h, CheckBlocksHook)).before_run(runner)
+    with torch.no_grad():
+        runner.model(torch.zeros(1, 3, 32, 32), mode='tensor')
+    assert calls == ['SE'] * 8
+    runner.model.init_weights()
+    assert all(b.fc1.bias.abs().sum() > 0 for b in blocks)

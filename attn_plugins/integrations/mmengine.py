@@ -252,12 +252,14 @@ class TrainingDiverged(RunFailed):
 
 
 class CheckBlocksHook(Hook):
-    """Before each train / val / test run: every injected block runs. A block whose host lost its
-    hook (the host was replaced, e.g. by a SyncBatchNorm conversion in a hook or a custom model
-    wrapper after `build_runner`) gets it back (`injector.reattach_blocks`, with a warning); one
-    that cannot (its host or the block itself is gone) stops the run with its path
-    (`BlocksDetached`), instead of training or evaluating without it. `build_runner` adds it to
-    every run; with OpenMMLab's own tools put `custom_hooks=[dict(type='CheckBlocksHook')]`."""
+    """Before the run (before the model's init_weights) and each train / val / test loop: every
+    injected block runs. A block whose host lost its hook (the host was replaced: SyncBN reverted
+    by the Runner of OpenMMLab's own tools, converted in a hook or a custom model wrapper after
+    `build_runner`) gets it back (`injector.reattach_blocks`, with a warning); one that cannot
+    (its host or the block itself is gone) stops the run with its path (`BlocksDetached`), instead
+    of training or evaluating without it. `build_runner` adds it to every run; with OpenMMLab's
+    own tools put `custom_hooks=[dict(type='CheckBlocksHook')]`. Training also stops on
+    `efficient_conv_bn_eval` over a norm that runs blocks (a ConfigError)."""
     priority = 'VERY_HIGH'
 
     def _check(self, runner) -> None:
@@ -269,6 +271,9 @@ class CheckBlocksHook(Hook):
         problems = detached_blocks(runner.model)
         if problems:
             raise BlocksDetached(f"{len(problems)} injected block(s) would not run: {'; '.join(problems)}")
+
+    def before_run(self, runner) -> None:
+        self._check(runner)
 
     def before_train(self, runner) -> None:
         self._check(runner)
