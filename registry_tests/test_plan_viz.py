@@ -182,11 +182,13 @@ def test_gates_softmax_and_norms_are_not_free():
     spatial = 2 * c * n + 2 * n + n + c * n              # channel mean and max, BN, sigmoid, x * M_s
     assert cost(CBAM(c, reduction=4)) == (2 * 2 * c * hid + 2 * 49 * n, channel + spatial)
     ck = 8                                               # PositionAttention(16, reduction=2)
+    # the query / key / value (θ, φ, g) 1x1 convs run as one bmm (`pointwise_convs`): their biases
+    # are an add of their own, one per output element
     assert cost(PositionAttention(c, reduction=2)) == (2 * n * c * ck + n * c * c + n * n * ck + n * n * c,
-                                                       5 * n * n + 2 * n * c)       # softmax, gamma *, + x
+                                                       5 * n * n + 2 * n * c + n * (2 * ck + c))   # softmax, gamma *, + x, biases
     ci = 8                                               # NonLocal(16): theta scaled by ci^-1/2
     assert cost(NonLocal(c)) == (3 * n * c * ci + 2 * n * n * ci + n * ci * c,
-                                 n * ci + 5 * n * n + 2 * n * c + n * c)            # scale, softmax, BN, + x
+                                 n * ci + 5 * n * n + 2 * n * c + n * c + 3 * n * ci)   # scale, softmax, BN, + x, biases
 
 
 def test_plan_is_reproducible_whatever_the_global_rng(tmp_path, monkeypatch):

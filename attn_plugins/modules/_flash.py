@@ -25,7 +25,7 @@ Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, 
     chunk, 2 threads);
   - dQ summed over key blocks as `grad_q.add_(bmm(...))`: a fresh product and, in bf16, a fresh
     float32 copy of it per block; now float32 / float64 add the product in the matmul
-    (`baddbmm_`) and 16-bit products go into one reused buffer, widened into another (a training
+    (`baddbmm`) and 16-bit products go into one reused buffer, widened into another (a training
     step of the attention function at Ck = Cv = 256, N = 8192: -5% fp32, -2% bf16);
   - dV accumulated over query chunks (a (Cv x Nk) product allocated, rounded and added per
     chunk): backward runs over key blocks, each block's dV and dK is one product written once;
@@ -244,8 +244,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 if need_q:   # dQ = scale · dS Kᵀ, summed over key blocks in float32
                     key_block = key_block_buffer[:batch * qk_channels * width].view(batch, qk_channels, width)
                     key_block = key_block.copy_(key[:, :, start:stop]).transpose(1, 2)
-                    if grad_q_block is None:     # float32 / float64: the product adds itself to dQ
-                        grad_q.baddbmm_(grad_scores, key_block)
+                    if grad_q_block is None:     # float32 / float64: the product adds itself to dQ (not
+                        torch.baddbmm(grad_q, grad_scores, key_block, out=grad_q)   # baddbmm_: FLOP counters skip it)
                     else:                        # 16-bit product, widened into a reused buffer, then added
                         grad_q.add_(grad_q_wide.copy_(torch.bmm(grad_scores, key_block, out=grad_q_block)))
         if need_q:

@@ -149,11 +149,24 @@ class NonLocal(HostInit, nn.Module):
         `inject` requires."""
         return dim + 2
 
+    def _features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query (B, N, ·), key (B, ·, Nk) and value (B, Ci, Nk): θ, φ and g as one product of x
+        (`pointwise_convs`), φ and g max-pooled with `sub_sample`."""
+        if self.theta is None or self.phi is None:     # gaussian: the input itself is query and key
+            query, key = self._pairwise(x)
+            return query, key, self.pool(self.g(x)).flatten(2)
+        inner = self.inter_channels
+        features = _helpers.pointwise_convs(x, [self.theta.weight, self.phi.weight, self.g.weight],
+                                            [self.theta.bias, self.phi.bias, self.g.bias])
+        key_value = features[:, inner:]
+        if self.sub_sample:
+            key_value = self.pool(key_value.unflatten(2, x.shape[2:])).flatten(2)
+        return features[:, :inner].transpose(1, 2), key_value[:, :inner], key_value[:, inner:]
+
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.input_rank(self.dim))
-        query, key = self._pairwise(x)
-        value = self.pool(self.g(x)).flatten(2)                          # B, Ci, Nk
+        query, key, value = self._features(x)                           # value: B, Ci, Nk
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
             y, attn = attention(query, key, value, self._softmax_scale(query), self.chunk_elements,
                                 self.record_attention)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention, check_channels
+from ._helpers import (records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention,
+                       check_channels, pointwise_convs)
 
 
 @records_attention
@@ -56,9 +57,11 @@ class PositionAttention(HostInit, nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=self.input_rank())
-        query = self.query(x).flatten(2).transpose(1, 2)      # B, N, Ck
-        key = self.key(x).flatten(2)                          # B, Ck, N
-        value = self.value(x).flatten(2)                      # B, C, N
+        features = pointwise_convs(x, [self.query.weight, self.key.weight, self.value.weight],
+                                   [self.query.bias, self.key.bias, self.value.bias])     # one product of x
+        query = features[:, :self.qk_channels].transpose(1, 2)                          # B, N, Ck
+        key = features[:, self.qk_channels:2 * self.qk_channels]                        # B, Ck, N
+        value = features[:, 2 * self.qk_channels:]                                      # B, C, N
         out, attn = attention(query, key, value, self.scale, self.chunk_elements, self.record_attention)
         if attn is not None:
             self.attention_map = attn
