@@ -432,7 +432,9 @@ def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: 
 
 
 def _place_like(block: nn.Module, *hosts: nn.Module) -> nn.Module:
-    """Move a new block to the device and floating dtype of the module it joins."""
+    """Move a new block to the device and floating dtype of the module it joins, in its mode: a block
+    put into a model in eval mode is in eval mode too (its BN uses running statistics, not the batch's)."""
+    block.train(hosts[0].training)
     ref = _floating_reference(*hosts)
     return block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block
 

@@ -323,3 +323,20 @@ def test_plugins_must_be_a_list_not_a_string():
         inject(model, 3)
     inject(model, (dict(type='SE', where='0', position='after'),))      # any sequence of specs
     assert len(model.attn_plugins_report) == 1
+
+
+@pytest.mark.parametrize('position', ['after', 'replace'])
+def test_blocks_join_the_mode_of_their_host(position):
+    """A block injected into a model in eval mode runs in eval mode (CBAM's spatial BN uses its running
+    statistics and leaves them alone); one injected into a training model trains."""
+    from attn_plugins.injector import inject
+    for training in (False, True):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).train(training)
+        inject(model, [dict(type='CBAM', where='1', position=position, reduction=2)], example_input=torch.zeros(1, 3, 8, 8))
+        blocks = [m for n, m in model.named_modules() if type(m).__name__ == 'CBAM']
+        assert len(blocks) == 1 and all(m.training == training for m in blocks[0].modules())
+        if not training:
+            bn = blocks[0].spatial_gate.bn
+            before = bn.running_mean.clone()
+            model(torch.randn(2, 3, 8, 8))
+            assert torch.equal(bn.running_mean, before) and int(bn.num_batches_tracked) == 0
