@@ -29,8 +29,11 @@ shape checks are skipped.
 
 Base-model parameter names do not change: a block becomes a child of the module whose output it
 takes (run from a forward hook that looks it up by attribute name, so deepcopy and pickling
-work), or is appended to an nn.Sequential. A checkpoint of the base model therefore loads with
-only the plugin keys missing. Every insertion is listed in `model.attn_plugins_report`.
+work), or is appended to an nn.Sequential, or, 'after' a child that its parent's class runs a
+block slot right after (`NATIVE_SLOTS`: timm ResNet's `se` after bn3 / bn2), goes into that free
+slot (`layer1.0.se`, the place and parameter names of timm's own SE / CBAM, run without a hook).
+A checkpoint of the base model therefore loads with only the plugin keys missing. Every insertion
+is listed in `model.attn_plugins_report`.
 
 A hook lives on its module object: a tool that replaces the host and moves its children over
 (SyncBatchNorm conversion either way: mmengine's Runner reverts SyncBN in every non-distributed
@@ -73,6 +76,7 @@ class Insertion:
     attr: str            # qualified name of the block itself
     options: dict = field(default_factory=dict)
     output_index: Any = None   # position 'after[i]': the output (list index or dict key) the block takes
+    in_slot: bool = False      # 'after': run by the host's parent from its own block slot (NATIVE_SLOTS), no hook
 
     def __str__(self) -> str:
         return f"{self.attr}: {self.type}({self.channels}) {self.position} {self.path}"
@@ -559,8 +563,56 @@ def _inject_outputs(model, spec, where, kind, child_name, example_input, block_c
     return out
 
 
+# Host classes whose forward runs a block slot right after one of their children, as
+# {class: {child name: slot attribute}}: the slot holds None (no block) or a module. Integrations fill
+# it when their framework is imported (timm: ResNet's Bottleneck runs `self.se` right after bn3,
+# BasicBlock after bn2). A block put 'after' such a child goes into the free slot instead of a hook:
+# a forward hook runs inside the child's call, while the child's input is still alive, so every
+# block held one more activation; SE-ResNet-50 (timm, 224x224, 2 threads, 60 balanced rounds) ran
+# 4.5% slower with the blocks hooked after bn3 than with the same blocks in the slot, CBAM 2.0%.
+NATIVE_SLOTS: dict[type, dict[str, str]] = {}
+
+
+def _slot_after(model: nn.Module, path: str):
+    """(slot path, parent, slot attribute) when the module at `path` is a child after which its
+    parent's class runs a block slot (`NATIVE_SLOTS`), else None."""
+    parent_path, _, name = path.rpartition('.')
+    if not name:
+        return None
+    parent = model.get_submodule(parent_path) if parent_path else model
+    for cls in type(parent).__mro__:
+        slot = NATIVE_SLOTS.get(cls, {}).get(name)
+        if slot is not None and hasattr(parent, slot):
+            return _join(parent_path, slot), parent, slot
+    return None
+
+
+def _insert_after_in_slot(model, path, block, stack, where, type_name, channels, options) -> Insertion | None:
+    """Put a block 'after' the module at `path` into its parent's free slot; when an earlier
+    injection put a block there, the new one runs right after that block (hooked on it). None where
+    there is no slot, or the model's own block holds it (e.g. timm's `attn_layer`): then the hook on
+    the module runs ours right after it, before that block, as for any module."""
+    found = _slot_after(model, path)
+    if found is None:
+        return None
+    slot_path, parent, slot = found
+    current = getattr(parent, slot)
+    if current is None:
+        setattr(parent, slot, block)
+        return Insertion(path, 'after', type_name, channels, slot_path, options, in_slot=True)
+    if not any(r.in_slot and r.attr == slot_path for r in getattr(model, 'attn_plugins_report', [])):
+        return None
+    if type(current).__name__ == type_name and not stack:
+        raise ConfigError(f"{where}: {type_name} is already injected at {path!r}; set 'stack: true' to add another")
+    return _insert(model, slot_path, current, block, 'after', stack, where, type_name, channels, options)
+
+
 def _insert(model, path, module, block, kind, stack, where, type_name, channels, options) -> Insertion:
     shown = path or '.'
+    if kind == 'after' and path and not isinstance(module, nn.Sequential):
+        slotted = _insert_after_in_slot(model, path, block, stack, where, type_name, channels, options)
+        if slotted is not None:
+            return slotted
     if kind == 'replace':
         parent_path, _, name = path.rpartition('.')
         parent = model.get_submodule(parent_path) if parent_path else model
@@ -589,8 +641,9 @@ def _recorded_blocks(model: nn.Module):
     report order ('replace' blocks are children like any other and need no hook)."""
     for prefix, holder in model.named_modules():
         for record in getattr(holder, 'attn_plugins_report', None) or []:
-            if record.position not in ('after', 'before') and not record.position.startswith('after['):
-                continue
+            if record.position not in ('after', 'before') and not record.position.startswith('after[') or \
+                    record.in_slot:
+                continue        # 'replace' and slot blocks are children like any other: no hook
             host_path = '' if record.path == '.' else record.path
             try:
                 host = holder.get_submodule(host_path) if host_path else holder

@@ -67,7 +67,7 @@ def test_gates_counted_inside_blocks_only_and_unknown_ops_listed():
     stages = [(2, 256), (2, 512), (2, 1024), (2, 2048)]   # resnet26: 2 bottlenecks per stage
     gates = bench_flops.gate_flops(model.eval(), (torch.randn(1, 3, 64, 64),))
     sides = [16, 8, 4, 2]                                 # layer1-4 maps of a 64x64 input
-    expected = {f'layer{i + 1}.{j}.bn3.attn_se': 2 * ch * s * s + ch // 16 + ch
+    expected = {f'layer{i + 1}.{j}.se': 2 * ch * s * s + ch // 16 + ch       # in the Bottleneck's slot
                 for i, ((blocks, ch), s) in enumerate(zip(stages, sides)) for j in range(blocks)}
     assert gates['by_block'] == expected and gates['total'] == sum(expected.values())
 

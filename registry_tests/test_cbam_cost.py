@@ -77,6 +77,12 @@ def test_goal_compares_ours_and_peer_round_by_round():
     slower = dict(tight, ours=[1.02] * 9)
     timing = dict(timing, times=slower)
     assert bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']['status'] == 'FAIL'
+    # a tie: the median a little above 1, the interval around 1 and narrow: PASS (identical models
+    # would fail half the runs on "median <= 1")
+    tie = dict(base=[1.0] * 9, ours=[1.0] * 9, peer=[1.004, 0.996, 1.003, 0.997, 0.999, 1.002, 0.998, 1.001, 0.9995])
+    timing = dict(timing, times=tie)
+    goal = bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+    assert goal['ours_vs_peer'] > 1 and goal['status'] == 'PASS'
 
 
 def test_median_interval_is_the_binomial_one():

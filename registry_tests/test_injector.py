@@ -34,12 +34,19 @@ def test_timm_resnet_cbam_in_every_bottleneck_before_add():
     inject(model, [dict(type='CBAM', where='layer*.*', position='after:bn3')])
     report = model.attn_plugins_report
     assert len(report) == 16 and report[0].path == 'layer1.0.bn3' and report[0].channels == 256
-    assert report[-1].attr == 'layer4.2.bn3.attn_cbam' and report[-1].channels == 2048
-    # the block runs between bn3 and the residual add
+    assert report[-1].attr == 'layer4.2.se' and report[-1].channels == 2048
+    # the block runs between bn3 and the residual add, from the Bottleneck's own slot (where timm's
+    # attn_layer goes): no hook on bn3, which would keep bn3's input alive while the block runs
+    assert all(r.in_slot for r in report) and not model.layer1[0].bn3._forward_hooks
     seen = []
-    model.layer1[0].bn3.attn_cbam.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model.layer1[0].se.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     model(torch.randn(1, 3, 64, 64))
     assert seen == [torch.Size([1, 256, 16, 16])]
+    # the same as timm's own CBAM-ResNet-50 with our block's weights in the same places
+    reference = timm.create_model('resnet50', block_args=dict(attn_layer=type(model.layer1[0].se)))
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(reference.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
 def test_report_channels_probe_and_override():
@@ -87,8 +94,9 @@ def test_injecting_twice_needs_stack():
     inject(model, [spec])
     with pytest.raises(ConfigError, match="already injected at 'layer1.0.bn2'; set 'stack: true'"):
         inject(model, [spec])
-    inject(model, [dict(spec, stack=True)])
-    assert hasattr(model.layer1[0].bn2, 'attn_se_1') and len(model.attn_plugins_report) == 4
+    inject(model, [dict(spec, stack=True)])      # the second runs right after the first (in BasicBlock's slot)
+    assert hasattr(model.layer1[0].se, 'attn_se') and len(model.attn_plugins_report) == 4
+    assert model.attn_plugins_report[-1].path == 'layer1.1.se' and not model.attn_plugins_report[-1].in_slot
 
 
 @pytest.mark.parametrize('name,spec', [
@@ -144,7 +152,8 @@ def test_identity_blocks_leave_pretrained_outputs_bit_identical_and_checkpoint_l
     buffer.seek(0)
     result = injected.load_state_dict(torch.load(buffer, weights_only=True), strict=False)
     assert not result.unexpected_keys
-    assert result.missing_keys and all('.attn_' in k for k in result.missing_keys)
+    blocks = tuple(r.attr + '.' for r in injected.attn_plugins_report)
+    assert result.missing_keys and all(k.startswith(blocks) for k in result.missing_keys)
     assert torch.equal(base_outputs(injected, x), expected)
 
 
@@ -153,7 +162,7 @@ def test_deepcopy_and_pickle_keep_blocks_working():
     inject(model, [dict(type='SE', where='layer1.*', position='after:bn2')])
     clone = copy.deepcopy(model)
     with torch.no_grad():
-        clone.layer1[0].bn2.attn_se.fc2.bias.fill_(-100.0)      # the clone's gate closes
+        clone.layer1[0].se.fc2.bias.fill_(-100.0)      # the clone's gate closes
     x = torch.randn(1, 3, 32, 32)
     model.eval(), clone.eval()
     assert not torch.equal(model(x), clone(x)), 'the clone must run its own block, not the original'

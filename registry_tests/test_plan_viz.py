@@ -99,15 +99,15 @@ def test_plan_timm_config_injected_blocks(tmp_path, capsys):
     assert main(['plan', config, '--input-shape', '64,64', '--json', str(out)]) == 0
     plan = json.loads(out.read_text())
     rows = {r['path']: r for r in plan['insertions']}
-    assert list(rows) == ['layer3.1.attn_non_local', 'layer4.0.bn2.attn_cbam', 'layer4.1.bn2.attn_cbam']
-    assert rows['layer4.0.bn2.attn_cbam']['via'] == 'inject after layer4.0.bn2'
+    assert list(rows) == ['layer3.1.attn_non_local', 'layer4.0.se', 'layer4.1.se']
+    assert rows['layer4.0.se']['via'] == 'inject after layer4.0.bn2'
     # NonLocal(256) by hand: theta, phi, g (256 -> 128, biases), W_z (128 -> 256, no bias), BN(256)
     assert rows['layer3.1.attn_non_local']['params'] == 3 * (256 * 128 + 128) + 128 * 256 + 2 * 256
     # its products at 4x4 (64 / 16): three 1x1 convs, theta phi^T and attention x g (16 x 16 x 128), W_z
     n = 16
     assert rows['layer3.1.attn_non_local']['macs'] == 3 * n * 256 * 128 + 2 * n * n * 128 + n * 128 * 256
     # CBAM(512): shared MLP 512 -> 32 -> 512 with biases, 7x7 conv on 2 maps, BN(1)
-    assert rows['layer4.0.bn2.attn_cbam']['params'] == 2 * 512 * 32 + 32 + 512 + 2 * 49 + 2
+    assert rows['layer4.0.se']['params'] == 2 * 512 * 32 + 32 + 512 + 2 * 49 + 2
     assert plan['totals']['without_blocks']['params'] == 11689512        # timm resnet18
 
 
@@ -348,7 +348,7 @@ def test_viz_image_file_timm_config_with_tools_script(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'untrained' not in result.stdout and f'{image} resized to 64x96' in result.stdout
-    assert sorted(os.listdir(out)) == ['00_layer3_1_attn_non_local.png', '01_layer4_1_bn2_attn_se.png']
+    assert sorted(os.listdir(out)) == ['00_layer3_1_attn_non_local.png', '01_layer4_1_se.png']
     for name in os.listdir(out):
         check_png(out / name)
 
@@ -368,7 +368,7 @@ def test_viz_user_errors_exit_2_one_line(tmp_path, capsys):
     assert main(['viz', config, '--image', str(image), '--checkpoint', str(plain), '--out', str(tmp_path / 'v')]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"attn-plugins viz: error: checkpoint {str(plain)!r} does not fit the model: 4 model keys "
-                          "missing (e.g. layer4.1.bn2.attn_se.fc1.weight") and len(err.splitlines()) == 1
+                          "missing (e.g. layer4.1.se.fc1.weight") and len(err.splitlines()) == 1
     assert main(['viz', config, '--sample', '0', '--out', str(tmp_path / 'v')]) == 2
     assert capsys.readouterr().err.strip() == ("attn-plugins viz: error: --sample: this model has no data pipeline "
                                                "in its config; pass --image instead")

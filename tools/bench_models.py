@@ -8,8 +8,10 @@ process on the same input, interleaved in rounds (run orders balanced: `balanced
 warm-up rounds; median, min/max and quartiles per variant, ratios of medians and the range of
 per-round ratios. A goal (ours' time overhead at most the peer's) is decided on the per-round
 ratio ours / peer: its median, with a distribution-free 95% interval (`median_ci`) that says
-whether the difference is larger than the rounds' noise. PASS: median <= 1 and the interval's top
-<= 1 + GOAL_TOLERANCE (2% of the model's time); FAIL: median > 1; otherwise INCONCLUSIVE. Peak memory: each variant in its own
+whether the difference is larger than the rounds' noise. PASS: ours not measurably slower (the
+interval reaches 1 or below) and at most GOAL_TOLERANCE (2% of the model's time) slower at the
+interval's top; FAIL: ours measurably slower (the whole interval above 1); otherwise INCONCLUSIVE
+(rounds too noisy to tell). Peak memory: each variant in its own
 process, peak RSS of the forward minus RSS before it (after a smaller warm-up forward where the
 model allows one).
 
@@ -303,8 +305,10 @@ def spread(samples):
     return dict(median=statistics.median(s), min=s[0], max=s[-1], q1=q1, q3=q3, samples=list(samples))
 
 
-# A goal is met when ours / peer per round has median <= 1 and its 95% interval stays below 1 + this
-# (2% of the whole model's time, i.e. ~0.2 overhead points of SE's ~9%).
+# A goal is met when the 95% interval of ours / peer per round reaches 1 (ours not measurably
+# slower) and stays below 1 + this (2% of the whole model's time, i.e. ~0.2 overhead points of SE's
+# ~9%). Deciding on "median <= 1" instead failed identical models in half the runs: ours and timm
+# run the same ops once our blocks sit in ResNet's own slot (injector.NATIVE_SLOTS).
 GOAL_TOLERANCE = 0.02
 
 
@@ -353,9 +357,9 @@ def case_row(name: str, shape, timing: dict, memory: dict, warmup: int) -> dict:
             ours_vs_peer=median, ours_vs_peer_ci=[low, high],
             verdict=('ours faster' if high < 1 else 'ours slower' if low > 1 else 'tie within the 95% interval'),
             tolerance=GOAL_TOLERANCE,
-            # met: ours not slower per round (median) AND, at 95%, at most GOAL_TOLERANCE of the model's
-            # time slower; a median <= 1 whose interval is wider than that is only a coin flip
-            status='FAIL' if median > 1 else 'PASS' if high <= 1 + GOAL_TOLERANCE else 'INCONCLUSIVE')
+            # met: not measurably slower per round AND, at 95%, at most GOAL_TOLERANCE of the model's
+            # time slower; an interval wider than that is a coin flip, one above 1 a measured slowdown
+            status='FAIL' if low > 1 else 'PASS' if high <= 1 + GOAL_TOLERANCE else 'INCONCLUSIVE')
         row['goal']['passed'] = row['goal']['status'] == 'PASS'
     return row
 
@@ -650,7 +654,7 @@ def goal_lines(result: dict) -> list[str]:
             f"vs peer {g['peer_time_overhead']:+.1%} (median of per-round ratios to the base)"
             + (f"; time ours / peer {g['ours_vs_peer']:.3f} per round, median [95% interval "
                f"{g['ours_vs_peer_ci'][0]:.3f}-{g['ours_vs_peer_ci'][1]:.3f}]: {g['verdict']}"
-               + (f" (PASS needs: median <= 1 and interval top <= {1 + g['tolerance']:.2f})" if 'tolerance' in g else '')
+               + (f" (PASS needs: interval bottom <= 1 and top <= {1 + g['tolerance']:.2f})" if 'tolerance' in g else '')
                if 'ours_vs_peer' in g else '')
             + f"; FLOPs overhead ours {g['ours_flops_overhead']:+.2%} vs peer {g['peer_flops_overhead']:+.2%}"
             for g in result.get('goals', [])]

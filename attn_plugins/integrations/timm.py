@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 import timm
 import torch
 from timm.models import build_model_with_cfg, register_model
-from timm.models.resnet import Bottleneck, ResNet
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..injector import inject
+from ..injector import NATIVE_SLOTS, inject
 from ..modules import HostInit, reset_attention_blocks
 from ..registry import BLOCKS, ConfigError, block_options, check_options, did_you_mean, get_block
 
@@ -306,9 +306,18 @@ def register_fx_leaves() -> None:
         register_notrace_module(cls)
 
 
+def register_slots() -> None:
+    """timm's ResNet blocks run `self.se` (None without attention) right after their last norm:
+    a block injected 'after:bn3' of a Bottleneck ('after:bn2' of a BasicBlock) goes there, as
+    timm's own SE / CBAM do (`injector.NATIVE_SLOTS`); its path is then `layer1.0.se`."""
+    NATIVE_SLOTS.setdefault(Bottleneck, {})['bn3'] = 'se'
+    NATIVE_SLOTS.setdefault(BasicBlock, {})['bn2'] = 'se'
+
+
 def register_models() -> None:
-    """Register the entrypoints (idempotent: timm's registry keeps the first)."""
+    """Register the entrypoints (idempotent: timm's registry keeps the first) and ResNet's block slots."""
     register_fx_leaves()
+    register_slots()
     if 'ap_seresnet50' in timm.list_models('ap_*'):
         return
     from timm.models import _registry
