@@ -582,9 +582,18 @@ def _slot_after(model: nn.Module, path: str):
     parent = model.get_submodule(parent_path) if parent_path else model
     for cls in type(parent).__mro__:
         slot = NATIVE_SLOTS.get(cls, {}).get(name)
-        if slot is not None and hasattr(parent, slot):
-            return _join(parent_path, slot), parent, slot
+        if slot is not None:
+            # a subclass with its own forward may not run the slot (or not there): hook instead
+            return (_join(parent_path, slot), parent, slot) if hasattr(parent, slot) and \
+                type(parent).forward is cls.forward else None
     return None
+
+
+def _slot_blocks(model: nn.Module) -> set[str]:
+    """Qualified paths of the slot blocks recorded in any attn_plugins_report inside `model` (a
+    model injected at creation, e.g. by create_model / TimmBackbone, then injected again from outside)."""
+    return {_join(prefix, record.attr) for prefix, holder in model.named_modules()
+            for record in getattr(holder, 'attn_plugins_report', None) or [] if getattr(record, 'in_slot', False)}
 
 
 def _insert_after_in_slot(model, path, block, stack, where, type_name, channels, options) -> Insertion | None:
@@ -600,7 +609,7 @@ def _insert_after_in_slot(model, path, block, stack, where, type_name, channels,
     if current is None:
         setattr(parent, slot, block)
         return Insertion(path, 'after', type_name, channels, slot_path, options, in_slot=True)
-    if not any(r.in_slot and r.attr == slot_path for r in getattr(model, 'attn_plugins_report', [])):
+    if slot_path not in _slot_blocks(model):
         return None
     if type(current).__name__ == type_name and not stack:
         raise ConfigError(f"{where}: {type_name} is already injected at {path!r}; set 'stack: true' to add another")

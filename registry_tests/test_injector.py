@@ -99,6 +99,41 @@ def test_injecting_twice_needs_stack():
     assert model.attn_plugins_report[-1].path == 'layer1.1.se' and not model.attn_plugins_report[-1].in_slot
 
 
+
+def test_slot_block_of_an_inner_report_needs_stack_and_runs_first():
+    """A timm model injected at creation (create_model, TimmBackbone) and injected again from an outer
+    model: the slot block is found in the inner report, so the same block again needs `stack`, and a
+    stacked one runs after it (not from a hook on bn2, before it)."""
+    spec = dict(type='SE', where='layer1.0', position='after:bn2')
+    outer = torch.nn.Sequential()
+    outer.add_module('backbone', attn_plugins.create_model('resnet18', plugins=[spec]))
+    outer_spec = dict(spec, where='backbone.layer1.0')
+    with pytest.raises(ConfigError, match="already injected at 'backbone.layer1.0.bn2'; set 'stack: true'"):
+        inject(outer, [outer_spec])
+    inject(outer, [dict(outer_spec, stack=True)])
+    assert outer.attn_plugins_report[0].attr == 'backbone.layer1.0.se.attn_se'
+    assert not outer.backbone.layer1[0].bn2._forward_hooks
+
+
+def test_no_slot_in_a_subclass_with_its_own_forward():
+    """A subclass of timm's BasicBlock whose own forward never runs `se`: the block is hooked after bn2
+    (in the slot it would silently never run)."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    class PlainBlock(BasicBlock):
+        def forward(self, x):
+            shortcut = x if self.downsample is None else self.downsample(x)
+            return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + shortcut)
+
+    model = ResNet(PlainBlock, [1, 1, 1, 1]).eval()
+    inject(model, [dict(type='SE', where='layer1.0', position='after:bn2')])
+    (record,) = model.attn_plugins_report
+    assert record.attr == 'layer1.0.bn2.attn_se' and not record.in_slot and model.layer1[0].se is None
+    calls = []
+    model.get_submodule(record.attr).register_forward_hook(lambda *args: calls.append(1))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == [1]
+
 @pytest.mark.parametrize('name,spec', [
     ('resnext26ts', dict(where='stages.*.*', position='after:conv3_1x1')),
     ('regnetx_002', dict(where='s[1-4].b*', position='after:conv3')),
