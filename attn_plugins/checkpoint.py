@@ -166,7 +166,38 @@ def state_dict_mismatch(model: torch.nn.Module, state: dict, shown: int = 3) -> 
     parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:shown])})"
              for keys, what in ((missing, 'model keys missing'), (unexpected, 'unexpected keys'),
                                 (shapes, 'with another shape (checkpoint vs model)')) if keys]
+    renames = {old: new for old, new in slot_key_renames(model).items() if any(k.startswith(old) for k in unexpected)}
+    if renames:
+        old, new = next(iter(renames.items()))
+        parts.append(f"the checkpoint keeps {len(renames)} blocks under their names from before they moved into their "
+                     f"block's slot (e.g. {old!r} is now {new!r}, timm ResNet's `se`): convert it with "
+                     "attn_plugins.checkpoint.rename_slot_keys(state_dict, model)")
     return '; '.join(parts) or None
+
+
+def slot_key_renames(model: torch.nn.Module) -> dict[str, str]:
+    """{old key prefix: new key prefix} of the blocks that `inject` put into a block slot (see
+    `injector.NATIVE_SLOTS`, e.g. 'layer1.0.se.'), which before went under the norm they follow
+    (e.g. 'layer1.0.bn3.attn_cbam.')."""
+    from .registry import snake_name
+    renames = {}
+    for prefix, holder in model.named_modules():
+        for record in getattr(holder, 'attn_plugins_report', None) or []:
+            if getattr(record, 'in_slot', False):
+                full = f'{prefix}.' if prefix else ''
+                renames[f"{full}{record.path}.attn_{snake_name(record.type)}."] = f"{full}{record.attr}."
+    return renames
+
+
+def rename_slot_keys(state: dict, model: torch.nn.Module) -> dict:
+    """`state` (a state dict saved before slot blocks, see `slot_key_renames`) with those blocks' keys
+    under their names in `model`; other keys as they are."""
+    renames = slot_key_renames(model)
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in renames if key.startswith(o)), None)
+        out[renames[old] + key[len(old):] if old else key] = value
+    return out
 
 
 def convert_checkpoint_file(path: str, work_dir: str) -> str:

@@ -192,6 +192,28 @@ def test_identity_blocks_leave_pretrained_outputs_bit_identical_and_checkpoint_l
     assert torch.equal(base_outputs(injected, x), expected)
 
 
+def test_checkpoint_from_before_slot_blocks_is_named_and_converted():
+    """A state dict saved when blocks after bn2 were children of the norm ('layer1.0.bn2.attn_se.*'):
+    the mismatch says so and names the converter, which makes it load into the slot blocks."""
+    from attn_plugins.checkpoint import rename_slot_keys, state_dict_mismatch
+    model = attn_plugins.create_model('resnet18', plugins=[dict(type='SE', where='layer*.*', position='after:bn2'),
+                                                           dict(type='CBAM', where='layer1.0', position='after:bn1')])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.5, 0.5)
+    old = {k.replace('.se.', '.bn2.attn_se.'): v.clone() for k, v in model.state_dict().items()}
+    assert 'layer1.0.bn2.attn_se.fc1.weight' in old and 'layer1.0.bn1.attn_cbam.spatial_gate.conv.weight' in old
+    fresh = attn_plugins.create_model('resnet18', plugins=[dict(type='SE', where='layer*.*', position='after:bn2'),
+                                                           dict(type='CBAM', where='layer1.0', position='after:bn1')])
+    message = state_dict_mismatch(fresh, old)
+    assert "8 blocks under their names from before" in message and "'layer1.0.bn2.attn_se.' is now 'layer1.0.se.'" \
+        in message and 'rename_slot_keys(state_dict, model)' in message
+    fresh.load_state_dict(rename_slot_keys(old, fresh))       # strict: every key in place
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
+    assert state_dict_mismatch(fresh, rename_slot_keys(old, fresh)) is None
+
+
 def test_deepcopy_and_pickle_keep_blocks_working():
     model = timm.create_model('resnet18', zero_init_last=False)
     inject(model, [dict(type='SE', where='layer1.*', position='after:bn2')])

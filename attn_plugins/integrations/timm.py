@@ -316,8 +316,8 @@ def register_slots() -> None:
 
 def register_models() -> None:
     """Register the entrypoints (idempotent: timm's registry keeps the first) and ResNet's block slots."""
+    register_slots()        # first: where a block goes (its state-dict keys) must not hang on the rest
     register_fx_leaves()
-    register_slots()
     if 'ap_seresnet50' in timm.list_models('ap_*'):
         return
     from timm.models import _registry
