@@ -306,7 +306,7 @@ def spread(samples):
 
 
 # A goal is met when the 95% interval of ours / peer per round reaches 1 (ours not measurably
-# slower) and stays below 1 + this (2% of the whole model's time, i.e. ~0.2 overhead points of SE's
+# slower) and stays below 1 + this (2% of the whole model's time, i.e. ~2 points of overhead next to SE's
 # ~9%). Deciding on "median <= 1" instead failed identical models in half the runs: ours and timm
 # run the same ops once our blocks sit in ResNet's own slot (injector.NATIVE_SLOTS).
 GOAL_TOLERANCE = 0.02
