@@ -92,6 +92,25 @@ def pointwise_convs(x: torch.Tensor, weights: List[torch.Tensor], biases: List[O
     return out
 
 
+_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+
+
+def fusable_convs(*convs: nn.Module) -> bool:
+    """Whether `pointwise_convs` of the convs' weights computes what calling them would: plain 1x1
+    convs (their class's own forward) with no hooks of their own. Otherwise the blocks call them:
+    torch.nn.utils.prune and the hook-based weight_norm / spectral_norm recompute the weight in a
+    pre-hook (skipped, training failed at its 2nd step), QAT / LoRA replacements have their own
+    forward, and module hooks (thop / ptflops FLOP counts, feature extraction) expect the call.
+    (Global module hooks, e.g. FlopCounterMode's module tracker, do not count.) Python only."""
+    for conv in convs:
+        if (type(conv).forward not in _CONV_FORWARDS or conv._forward_hooks or conv._forward_pre_hooks
+                or conv._backward_hooks or getattr(conv, '_backward_pre_hooks', None) or conv.groups != 1
+                or any(k != 1 for k in conv.kernel_size) or any(s != 1 for s in conv.stride)
+                or (not isinstance(conv.padding, str) and any(p != 0 for p in conv.padding))):
+            return False
+    return True
+
+
 def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3) -> None:
     """Raise a clear error when `x` is not (B, channels, *spatial). Skipped while tracing
     (torch.jit.trace, torch.fx); kept in TorchScript."""

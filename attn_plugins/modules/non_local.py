@@ -151,10 +151,15 @@ class NonLocal(HostInit, nn.Module):
 
     def _features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query (B, N, ·), key (B, ·, Nk) and value (B, Ci, Nk): θ, φ and g as one product of x
-        (`pointwise_convs`), φ and g max-pooled with `sub_sample`."""
+        (`pointwise_convs`), φ and g max-pooled with `sub_sample`; the convs themselves where
+        hooked or replaced (`fusable_convs`)."""
         if self.theta is None or self.phi is None:     # gaussian: the input itself is query and key
             query, key = self._pairwise(x)
             return query, key, self.pool(self.g(x)).flatten(2)
+        if not torch.jit.is_scripting():
+            if not _helpers.fusable_convs(self.theta, self.phi, self.g):
+                query, key = self._pairwise(x)
+                return query, key, self.pool(self.g(x)).flatten(2)
         inner = self.inter_channels
         features = _helpers.pointwise_convs(x, [self.theta.weight, self.phi.weight, self.g.weight],
                                             [self.theta.bias, self.phi.bias, self.g.bias])

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ._helpers import (records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention,
-                       check_channels, pointwise_convs)
+                       check_channels, pointwise_convs, fusable_convs)
 
 
 @records_attention
@@ -57,8 +57,14 @@ class PositionAttention(HostInit, nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """D Sᵀ reshaped to x's shape: the attention output before γ and the residual."""
         check_channels('PositionAttention', x, self.channels, min_dim=self.input_rank())
-        features = pointwise_convs(x, [self.query.weight, self.key.weight, self.value.weight],
-                                   [self.query.bias, self.key.bias, self.value.bias])     # one product of x
+        fuse = True
+        if not torch.jit.is_scripting():
+            fuse = fusable_convs(self.query, self.key, self.value)
+        if fuse:
+            features = pointwise_convs(x, [self.query.weight, self.key.weight, self.value.weight],
+                                       [self.query.bias, self.key.bias, self.value.bias])     # one product of x
+        else:       # hooked or replaced convs: called
+            features = torch.cat([self.query(x), self.key(x), self.value(x)], 1).flatten(2)
         query = features[:, :self.qk_channels].transpose(1, 2)                          # B, N, Ck
         key = features[:, self.qk_channels:2 * self.qk_channels]                        # B, Ck, N
         value = features[:, 2 * self.qk_channels:]                                      # B, C, N

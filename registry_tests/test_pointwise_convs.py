@@ -1,0 +1,81 @@
+"""NonLocal's θ, φ, g and PositionAttention's query, key, value run as one batched product of x
+(`_helpers.pointwise_convs`) only while that is what calling the convs computes
+(`_helpers.fusable_convs`): a hooked, pruned or replaced conv is called, so its hooks fire and its
+weight is the one its pre-hook recomputes."""
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from attn_plugins.modules import NonLocal, PositionAttention
+
+BLOCKS = {
+    'NonLocal': (lambda: NonLocal(8, sub_sample=True), ('theta', 'phi', 'g')),
+    'NonLocal concatenation 3d': (lambda: NonLocal(8, dim=3, mode='concatenation'), ('theta', 'phi', 'g')),
+    'PositionAttention': (lambda: PositionAttention(8, qk_channels=2), ('query', 'key', 'value')),
+}
+
+
+def opened(block):
+    """Zero-init gates opened, so the projections reach the output."""
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name == 'gamma' or name == 'out_norm.weight':
+                p.fill_(1.0)
+    return block
+
+
+def sample(name):
+    return torch.randn((2, 8, 2, 3, 4) if '3d' in name else (2, 8, 4, 6), generator=torch.Generator().manual_seed(0))
+
+
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('name', BLOCKS)
+def test_plain_convs_run_as_one_product(name):
+    make, _ = BLOCKS[name]
+    with Ops() as ops:
+        opened(make())(sample(name))
+    assert ops.names.count('convolution') == (name != 'PositionAttention'), ops.names   # NonLocal's W_z only
+
+
+@pytest.mark.parametrize('name', BLOCKS)
+def test_hooked_convs_are_called_and_agree(name):
+    make, convs = BLOCKS[name]
+    block, x = opened(make()).train(), sample(name)
+    fused = block(x)
+    fired = []
+    for conv in convs:
+        getattr(block, conv).register_forward_hook(lambda module, args, out, conv=conv: fired.append(conv))
+    torch.testing.assert_close(block(x), fused, rtol=1e-5, atol=1e-6)
+    assert sorted(fired) == sorted(convs)
+
+
+@pytest.mark.parametrize('name', BLOCKS)
+def test_pruned_conv_trains_with_its_masked_weight(name):
+    """torch.nn.utils.prune recomputes `weight` in a forward pre-hook: the fused product read the
+    weight of the previous call (its graph freed: the 2nd backward failed)."""
+    make, convs = BLOCKS[name]
+    block, x = opened(make()).train(), sample(name)
+    prune.l1_unstructured(getattr(block, convs[0]), 'weight', amount=0.5)
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        block(x).square().sum().backward()
+        optimizer.step()
+    state = block.state_dict()
+    pruned = f'{convs[0]}.weight'
+    state[pruned] = state.pop(pruned + '_orig') * state.pop(pruned + '_mask')
+    reference = opened(make())
+    reference.load_state_dict(state)                             # the masked weight in a plain conv
+    block.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-6)
