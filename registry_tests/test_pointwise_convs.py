@@ -79,3 +79,23 @@ def test_pruned_conv_trains_with_its_masked_weight(name):
     block.eval(), reference.eval()
     with torch.no_grad():
         torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['embedded_gaussian', 'concatenation'])
+def test_training_saves_no_view_of_the_fused_product(mode, force_chunks):
+    """The fused θ, φ, g product is one (B, 3 Ci, N) buffer: a saved slice of it (the concatenation
+    mode saved g so) kept all of it alive through backward."""
+    block = NonLocal(16, mode=mode).train()
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        used, nbytes = storages.get(t.untyped_storage().data_ptr(), (0, t.untyped_storage().nbytes()))
+        storages[t.untyped_storage().data_ptr()] = (max(used, t.numel() * t.element_size()), nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    fused = 2 * 3 * block.inter_channels * 144 * 4
+    assert all(nbytes != fused for _, nbytes in storages.values()), storages
+    assert all(used >= nbytes for used, nbytes in storages.values() if nbytes >= 4096), storages   # no pinned slices

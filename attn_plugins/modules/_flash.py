@@ -282,7 +282,9 @@ class ChunkedConcatAttention(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, value: torch.Tensor, chunk: int) -> torch.Tensor:
         dtype = _compute_dtype(a, b, value)
         with torch.autocast(value.device.type, enabled=False):
-            value = value.to(dtype)                      # a + b and the ReLU in their own dtype
+            # a + b and the ReLU in their own dtype; V saved whole, not as a view pinning a larger
+            # buffer (NonLocal's g is a slice of the fused θ, φ, g product: 3x the bytes kept)
+            value = value.to(dtype).contiguous()
             out = value.new_empty(value.shape[0], value.shape[1], a.shape[1])
             for start in range(0, a.shape[1], chunk):
                 stop = min(start + chunk, a.shape[1])
