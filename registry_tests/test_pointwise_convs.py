@@ -7,9 +7,10 @@ import torch
 import torch.nn.utils.prune as prune
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attn_plugins.modules import NonLocal, PositionAttention
+from attn_plugins.modules import CBAM, NonLocal, PositionAttention
 
 BLOCKS = {
+    'CBAM': (lambda: CBAM(8, reduction=2), ('channel_gate.fc1', 'channel_gate.fc2')),
     'NonLocal': (lambda: NonLocal(8, sub_sample=True), ('theta', 'phi', 'g')),
     'NonLocal concatenation 3d': (lambda: NonLocal(8, dim=3, mode='concatenation'), ('theta', 'phi', 'g')),
     'PositionAttention': (lambda: PositionAttention(8, qk_channels=2), ('query', 'key', 'value')),
@@ -44,7 +45,8 @@ def test_plain_convs_run_as_one_product(name):
     make, _ = BLOCKS[name]
     with Ops() as ops:
         opened(make())(sample(name))
-    assert ops.names.count('convolution') == (name != 'PositionAttention'), ops.names   # NonLocal's W_z only
+    # NonLocal's W_z, CBAM's 7x7 conv; θ, φ, g / query, key, value / CBAM's MLP are none
+    assert ops.names.count('convolution') == (name != 'PositionAttention'), ops.names
 
 
 @pytest.mark.parametrize('name', BLOCKS)
@@ -54,7 +56,7 @@ def test_hooked_convs_are_called_and_agree(name):
     fused = block(x)
     fired = []
     for conv in convs:
-        getattr(block, conv).register_forward_hook(lambda module, args, out, conv=conv: fired.append(conv))
+        block.get_submodule(conv).register_forward_hook(lambda module, args, out, conv=conv: fired.append(conv))
     torch.testing.assert_close(block(x), fused, rtol=1e-5, atol=1e-6)
     assert sorted(fired) == sorted(convs)
 
@@ -65,7 +67,7 @@ def test_pruned_conv_trains_with_its_masked_weight(name):
     weight of the previous call (its graph freed: the 2nd backward failed)."""
     make, convs = BLOCKS[name]
     block, x = opened(make()).train(), sample(name)
-    prune.l1_unstructured(getattr(block, convs[0]), 'weight', amount=0.5)
+    prune.l1_unstructured(block.get_submodule(convs[0]), 'weight', amount=0.5)
     optimizer = torch.optim.SGD(block.parameters(), lr=0.5)
     for _ in range(2):
         optimizer.zero_grad()

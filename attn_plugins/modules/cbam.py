@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._helpers import records_attention, HostInit, place, check_channels, create_act, create_gate, reduced_channels
+from ._helpers import (records_attention, HostInit, place, check_channels, create_act, create_gate, reduced_channels,
+                       fusable_convs)
 
 
 class ChannelGate(nn.Module):
@@ -41,8 +42,14 @@ class ChannelGate(nn.Module):
         # batch > 1): 2.2-2.4x the time of timm's two batch-1 passes at 2 threads (B = 1, C = 256
         # to 1024, 2-core EPYC); F.linear was the fastest of the three at 1 and 2 threads, B = 1 and 8.
         pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=0)
-        hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
-        logits = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias)
+        fuse = True
+        if not torch.jit.is_scripting():
+            fuse = fusable_convs(self.fc1, self.fc2)
+        if fuse:
+            hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+            logits = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias)
+        else:       # hooked, pruned or replaced convs: called (`fusable_convs`)
+            logits = self.fc2(self.act(self.fc1(pooled[:, :, None, None]))).flatten(1)
         return self.gate((logits[:batch] + logits[batch:]).view(batch, channels, 1, 1))
 
 
