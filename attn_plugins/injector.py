@@ -31,7 +31,8 @@ Base-model parameter names do not change: a block becomes a child of the module 
 takes (run from a forward hook that looks it up by attribute name, so deepcopy and pickling
 work), or is appended to an nn.Sequential, or, 'after' a child that its parent's class runs a
 block slot right after (`NATIVE_SLOTS`: timm ResNet's `se` after bn3 / bn2), goes into that free
-slot (`layer1.0.se`, the place and parameter names of timm's own SE / CBAM, run without a hook).
+slot (`layer1.0.se`, the place and parameter names of timm's own SE / CBAM, run without a hook;
+with a second block after that child, both are hooked on it, in order).
 A checkpoint of the base model therefore loads with only the plugin keys missing. Every insertion
 is listed in `model.attn_plugins_report`.
 
@@ -589,31 +590,45 @@ def _slot_after(model: nn.Module, path: str):
     return None
 
 
-def _slot_blocks(model: nn.Module) -> set[str]:
-    """Qualified paths of the slot blocks recorded in any attn_plugins_report inside `model` (a
-    model injected at creation, e.g. by create_model / TimmBackbone, then injected again from outside)."""
-    return {_join(prefix, record.attr) for prefix, holder in model.named_modules()
-            for record in getattr(holder, 'attn_plugins_report', None) or [] if getattr(record, 'in_slot', False)}
+def _after_records(model: nn.Module) -> list[tuple[str, str, Insertion]]:
+    """(qualified host path, qualified block path, record) of every 'after' insertion recorded in any
+    attn_plugins_report inside `model` (a model injected at creation, e.g. by create_model /
+    TimmBackbone, may be injected again from outside)."""
+    return [(_join(prefix, record.path), _join(prefix, record.attr), record)
+            for prefix, holder in model.named_modules()
+            for record in getattr(holder, 'attn_plugins_report', None) or [] if record.position == 'after']
 
 
 def _insert_after_in_slot(model, path, block, stack, where, type_name, channels, options) -> Insertion | None:
-    """Put a block 'after' the module at `path` into its parent's free slot; when an earlier
-    injection put a block there, the new one runs right after that block (hooked on it). None where
-    there is no slot, or the model's own block holds it (e.g. timm's `attn_layer`): then the hook on
-    the module runs ours right after it, before that block, as for any module."""
+    """Put a block 'after' the module at `path` into its parent's free slot. None where there is no
+    slot, or the model's own block holds it (e.g. timm's `attn_layer`: the hook on the module then
+    runs ours right after it, before that block, as for any module), or ours already runs after the
+    module: a second block there (`stack`) joins the first under the module, both hooked in order
+    (the first is moved out of the slot: nested in it, the second would be hidden from
+    `reset_attention_blocks`, `attn-plugins plan` and viz, which stop at the outermost block)."""
     found = _slot_after(model, path)
     if found is None:
         return None
     slot_path, parent, slot = found
+    records = _after_records(model)
     current = getattr(parent, slot)
     if current is None:
+        if any(host == path for host, _, _ in records):
+            return None         # ours already hooked after it: the next one runs after those
         setattr(parent, slot, block)
         return Insertion(path, 'after', type_name, channels, slot_path, options, in_slot=True)
-    if slot_path not in _slot_blocks(model):
+    record = next((r for _, attr, r in records if getattr(r, 'in_slot', False) and attr == slot_path), None)
+    if record is None:
         return None
-    if type(current).__name__ == type_name and not stack:
+    if record.type == type_name and not stack:
         raise ConfigError(f"{where}: {type_name} is already injected at {path!r}; set 'stack: true' to add another")
-    return _insert(model, slot_path, current, block, 'after', stack, where, type_name, channels, options)
+    host = model.get_submodule(path)
+    attr = _attr_name(host, record.type, True, path, where)
+    setattr(parent, slot, None)
+    host.add_module(attr, current)
+    host.register_forward_hook(_block_hook('after', attr))
+    record.attr, record.in_slot = _join(record.path, attr), False
+    return None
 
 
 def _insert(model, path, module, block, kind, stack, where, type_name, channels, options) -> Insertion:

@@ -94,16 +94,48 @@ def test_injecting_twice_needs_stack():
     inject(model, [spec])
     with pytest.raises(ConfigError, match="already injected at 'layer1.0.bn2'; set 'stack: true'"):
         inject(model, [spec])
-    inject(model, [dict(spec, stack=True)])      # the second runs right after the first (in BasicBlock's slot)
-    assert hasattr(model.layer1[0].se, 'attn_se') and len(model.attn_plugins_report) == 4
-    assert model.attn_plugins_report[-1].path == 'layer1.1.se' and not model.attn_plugins_report[-1].in_slot
+    inject(model, [dict(spec, stack=True)])      # both under bn2 then, hooked in order (see the test below)
+    assert model.layer1[0].se is None and len(model.attn_plugins_report) == 4
+    assert [r.attr for r in model.attn_plugins_report] == [
+        'layer1.0.bn2.attn_se', 'layer1.1.bn2.attn_se', 'layer1.0.bn2.attn_se_1', 'layer1.1.bn2.attn_se_1']
+    assert not any(r.in_slot for r in model.attn_plugins_report)
+
+
+def test_blocks_stacked_after_a_slot_block_run_in_order_and_stay_separate_blocks():
+    """A second block after bn3 moves the first out of the Bottleneck's slot: both are hooked on bn3 in
+    order (SE, then CBAM, then NonLocal), each its own block for reset_attention_blocks (a block nested in
+    another lost its own init), attention_blocks (plan, viz) and detached_blocks; the slot stays free."""
+    from attn_plugins.analysis import attention_blocks
+    from attn_plugins.injector import detached_blocks, hooked_blocks
+    from attn_plugins.modules import reset_attention_blocks
+    model = timm.create_model('resnet50').eval()
+    inject(model, [dict(type='SE', where='layer1.*', position='after:bn3'),
+                   dict(type='CBAM', where='layer1.0', position='after:bn3', stack=True)])
+    with pytest.raises(ConfigError, match="CBAM is already injected at 'layer1.0.bn3'; set 'stack: true'"):
+        inject(model, [dict(type='CBAM', where='layer1.0', position='after:bn3')])
+    inject(model, [dict(type='NonLocal', where='layer1.0', position='after:bn3')])   # runs after the others
+    names = ['layer1.0.bn3.attn_se', 'layer1.0.bn3.attn_cbam', 'layer1.0.bn3.attn_non_local']
+    assert [r.attr for r in model.attn_plugins_report if r.path == 'layer1.0.bn3'] == names
+    assert model.layer1[0].se is None and type(model.layer1[1].se).__name__ == 'SE'
+    assert [p for p, _ in attention_blocks(model) if p.startswith('layer1.0.')] == names
+    assert [b for b, _, _ in hooked_blocks(model)] == names and not detached_blocks(model)
+    order = []
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: order.append(n)) for n in names]
+    model(torch.randn(1, 3, 32, 32))
+    assert order == names
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        model.layer1[0].bn3.attn_cbam.spatial_gate.bn.weight.fill_(1.0)
+    reset_attention_blocks(model)
+    assert model.layer1[0].bn3.attn_cbam.spatial_gate.bn.weight.abs().max() == 0    # CBAM's own init
 
 
 
 def test_slot_block_of_an_inner_report_needs_stack_and_runs_first():
     """A timm model injected at creation (create_model, TimmBackbone) and injected again from an outer
     model: the slot block is found in the inner report, so the same block again needs `stack`, and a
-    stacked one runs after it (not from a hook on bn2, before it)."""
+    stacked one runs after it (not from a hook on bn2 before the slot block)."""
     spec = dict(type='SE', where='layer1.0', position='after:bn2')
     outer = torch.nn.Sequential()
     outer.add_module('backbone', attn_plugins.create_model('resnet18', plugins=[spec]))
@@ -111,8 +143,13 @@ def test_slot_block_of_an_inner_report_needs_stack_and_runs_first():
     with pytest.raises(ConfigError, match="already injected at 'backbone.layer1.0.bn2'; set 'stack: true'"):
         inject(outer, [outer_spec])
     inject(outer, [dict(outer_spec, stack=True)])
-    assert outer.attn_plugins_report[0].attr == 'backbone.layer1.0.se.attn_se'
-    assert not outer.backbone.layer1[0].bn2._forward_hooks
+    assert outer.backbone.attn_plugins_report[0].attr == 'layer1.0.bn2.attn_se'     # moved out of the slot
+    assert outer.attn_plugins_report[0].attr == 'backbone.layer1.0.bn2.attn_se_1'
+    calls = []
+    for name in ('attn_se', 'attn_se_1'):
+        getattr(outer.backbone.layer1[0].bn2, name).register_forward_pre_hook(lambda m, a, n=name: calls.append(n))
+    outer.eval()(torch.randn(1, 3, 32, 32))
+    assert calls == ['attn_se', 'attn_se_1'] and outer.backbone.layer1[0].se is None
 
 
 def test_no_slot_in_a_subclass_with_its_own_forward():
@@ -212,6 +249,19 @@ def test_checkpoint_from_before_slot_blocks_is_named_and_converted():
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
     assert state_dict_mismatch(fresh, rename_slot_keys(old, fresh)) is None
+
+
+def test_timm_backbone_loads_a_checkpoint_from_before_slot_blocks(tmp_path):
+    from attn_plugins.integrations.timm import TimmBackbone
+    spec = [dict(type='SE', where='layer*.*', position='after:bn2')]
+    source = attn_plugins.create_model('resnet18', plugins=spec)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.uniform_(-1, 1)
+    torch.save({k.replace('.se.', '.bn2.attn_se.'): v for k, v in source.state_dict().items()}, tmp_path / 'old.pth')
+    backbone = TimmBackbone('resnet18', out_indices=(1, 2, 3, 4), plugins=spec, checkpoint=str(tmp_path / 'old.pth'))
+    assert backbone.checkpoint_report['missing'] == []
+    assert torch.equal(backbone.timm_model.layer4[1].se.fc2.weight, source.layer4[1].se.fc2.weight)
 
 
 def test_deepcopy_and_pickle_keep_blocks_working():

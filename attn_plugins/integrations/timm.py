@@ -119,12 +119,13 @@ class TimmBackbone(torch.nn.Module):
         (checkpoint weights the features model has no place for: classifier, later stages)."""
         from timm.models import load_state_dict
 
-        from ..checkpoint import allow_mmengine_checkpoints
+        from ..checkpoint import allow_mmengine_checkpoints, rename_slot_keys
         allow_mmengine_checkpoints()
         try:
             state = load_state_dict(path, weights_only=True)
         except FileNotFoundError:
             raise ConfigError(f"backbone.checkpoint: no such file {path!r}") from None
+        state = rename_slot_keys(state, self.timm_model)     # saved when slot blocks sat under their norm
         plugin_prefixes = tuple(f'{name}.' for name, module in self.timm_model.named_modules()
                                 if name and isinstance(module, HostInit))
         sources, missing = {}, []
