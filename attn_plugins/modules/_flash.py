@@ -21,8 +21,9 @@ Where the time went (profiled with torch.profiler on this 2-core CPU, 1 thread, 
   - under bf16, `sum(dtype=float32)` of a chunk converted it first (18 ms, more than its Q K
     product): grouped sums (`_row_sum`, 0.8 ms); a bf16 tensor minus a float32 one took the
     mixed-dtype path (36 ms vs 1.5 ms): the statistics enter the matmuls instead;
-  - fp32 `exp` 7.7 ms vs `exp2` 2.4 ms per chunk: base 2 (in bf16 too: 2.6 vs 2.2 ms per 8M-element
-    chunk, 2 threads);
+  - fp32 `exp` 7.7 ms vs `exp2` 2.4 ms per chunk: base 2 in float32 / float64 (not in bf16: exp2
+    saves there ~0.4 ms of 2.6 per 8M-element chunk, 2 threads, but log2(e) folded into the query
+    is one more bf16 rounding: PAM's output error 0.19% instead of 0.13%);
   - dQ summed over key blocks as `grad_q.add_(bmm(...))`: a fresh product and, in bf16, a fresh
     float32 copy of it per block; now float32 / float64 add the product in the matmul
     (`baddbmm`) and 16-bit products go into one reused buffer, widened into another (a training
@@ -160,18 +161,19 @@ class FlashSoftmaxAttention(torch.autograd.Function):
     so dV, dS = (l ∘ P) ∘ (dP − rowsum(dO ∘ O)) / l, dQ and dK take one exp pass and one product
     per block. The shift stays the row maximum, as in forward: the exponent of a large
     probability is near 0 and keeps its bits in bf16 (shifting by log Σ exp instead, ~log N for
-    a diffuse map, cost bf16 gradients 2-3x their error). The exponentials are base 2 (log2(e)
-    folded into the query scale): `exp2` runs ~3x faster than `exp` here in float32, ~15% in bf16."""
+    a diffuse map, cost bf16 gradients 2-3x their error). In float32 / float64 the exponentials
+    are base 2 (log2(e) folded into the query scale): `exp2` runs ~3x faster than `exp` here."""
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                 chunk: int) -> torch.Tensor:
         dtype = _compute_dtype(query, key, value)
         stat_dtype = torch.promote_types(dtype, torch.float32)
+        base2 = dtype in (torch.float32, torch.float64)
         batch, num_queries, qk_channels = query.shape
         num_keys, channels = key.shape[2], value.shape[1]
         with torch.autocast(query.device.type, enabled=False):
-            query_scale = scale * _LOG2E
+            query_scale = scale * _LOG2E if base2 else scale
             query = query.to(dtype)
             if query_scale != 1.0:
                 query = query * query_scale
@@ -191,13 +193,13 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 torch.bmm(query_chunk.copy_(query[:, start:stop]), key, out=scores)     # B, n, Nk
                 chunk_max = scores.amax(-1, keepdim=True)
                 scores.sub_(chunk_max)
-                probs = scores.exp2_()                                  # l ∘ P = 2^(S' − m), S' = log2(e) S
+                probs = scores.exp2_() if base2 else scores.exp_()      # l ∘ P = exp(S − m) (2^(S' − m), S' = log2(e) S)
                 inv = _row_sum(probs, stat_dtype).reciprocal_()                        # B, n
                 torch.mul(torch.bmm(value, probs.transpose(1, 2)), inv.unsqueeze(1), out=out[:, :, start:stop])
                 row_max[:, start:stop] = chunk_max.squeeze(-1)
                 inv_sum[:, start:stop] = inv
         ctx.save_for_backward(query, key, value, out, row_max, inv_sum)
-        ctx.scale, ctx.chunk = scale, chunk
+        ctx.scale, ctx.chunk, ctx.base2 = scale, chunk, base2
         return out
 
     @staticmethod
@@ -205,7 +207,7 @@ class FlashSoftmaxAttention(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         query, key, value, out, row_max, inv_sum = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dtype, stat_dtype = query.dtype, row_max.dtype
+        dtype, stat_dtype, base2 = query.dtype, row_max.dtype, ctx.base2
         batch, num_queries, qk_channels = query.shape
         num_keys, channels, extra = key.shape[2], value.shape[1], _extra_rows(dtype)
         with torch.autocast(query.device.type, enabled=False):
@@ -230,7 +232,7 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 key_aug = _augmented(key[:, :, start:stop], 1, key_block_buffer)
                 probs = buffers[0][:size].view(batch, num_queries, width)
                 torch.bmm(query_aug, key_aug, out=probs)                                  # S − m
-                probs = probs.exp2_()                                                # l ∘ P
+                probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
                 if need_v:   # dV = dO P = (dO / l) (l ∘ P)
                     torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
                 if not (need_q or need_k):
@@ -250,7 +252,7 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                         grad_q.add_(grad_q_wide.copy_(torch.bmm(grad_scores, key_block, out=grad_q_block)))
         if need_q:
             grad_q.mul_(ctx.scale)
-        if need_k:   # the saved query carries log2(e) too: dK = scale · Qᵀ dS = ln 2 · (scale · log2(e) · Q)ᵀ dS
+        if need_k and base2:   # the saved query carries log2(e) too: dK = scale · Qᵀ dS = ln 2 · (scale · log2(e) · Q)ᵀ dS
             grad_k.mul_(1 / _LOG2E)
         return grad_q, grad_k, grad_v, None, None
 
