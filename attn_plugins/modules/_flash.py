@@ -58,8 +58,8 @@ recomputed with other roundings than forward's, so Σ_j dS_ij is 0 only to bf16 
 dense softmax backward makes it 0 from its own P and dP): with a peaked softmax the
 query-side gradients can carry a few times the dense formula's bf16 error on sums that nearly
 cancel (tools/bf16_report.py: PAM with query weights x4, 16 channels, its query bias 15% vs 0.8%;
-at 64 channels 3.4% vs 2.3%); with the blocks' own init (64 channels) the worst gradient error
-is the dense formula's: PAM 0.65% vs 0.72%, NonLocal 2.7% vs 2.6% (its query bias).
+at 64 channels 3.6% vs 2.8%); with the blocks' own init (64 channels) the worst gradient error
+is at most the dense formula's: PAM 0.64% vs 0.72%, NonLocal 2.0% vs 2.6%.
 """
 from __future__ import annotations
 
