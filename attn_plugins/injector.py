@@ -437,9 +437,10 @@ def _check_probed(path: str, probed: _Probed, kind: str, type_name: str, where: 
 
 
 def _place_like(block: nn.Module, *hosts: nn.Module) -> nn.Module:
-    """Move a new block to the device and floating dtype of the module it joins, in its mode: a block
-    put into a model in eval mode is in eval mode too (its BN uses running statistics, not the batch's)."""
-    block.train(hosts[0].training)
+    """Move a new block to the device and floating dtype of the module it joins, in the mode of the
+    model (the last host): a block put into a model in eval mode is in eval mode too (its BN uses
+    running statistics, not the batch's); one put after a frozen (eval) norm of a training model trains."""
+    block.train(hosts[-1].training)
     ref = _floating_reference(*hosts)
     return block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block
 

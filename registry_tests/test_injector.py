@@ -456,3 +456,7 @@ def test_blocks_join_the_mode_of_their_host(position):
             before = bn.running_mean.clone()
             model(torch.randn(2, 3, 8, 8))
             assert torch.equal(bn.running_mean, before) and int(bn.num_batches_tracked) == 0
+    # a frozen (eval) norm inside a training model: the block after it follows the model and trains
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8).eval(), torch.nn.ReLU())
+    inject(model, [dict(type='CBAM', where='1', position=position, reduction=2)], example_input=torch.zeros(1, 3, 8, 8))
+    assert all(m.training for n, m in model.named_modules() if 'attn_cbam' in n or (position == 'replace' and n.startswith('1')))
