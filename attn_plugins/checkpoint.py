@@ -179,13 +179,13 @@ def slot_key_renames(model: torch.nn.Module) -> dict[str, str]:
     """{old key prefix: new key prefix} of the blocks that `inject` put into a block slot (see
     `injector.NATIVE_SLOTS`, e.g. 'layer1.0.se.'), which before went under the norm they follow
     (e.g. 'layer1.0.bn3.attn_cbam.')."""
+    from .injector import recorded_insertions
     from .registry import snake_name
     renames = {}
-    for prefix, holder in model.named_modules():
-        for record in getattr(holder, 'attn_plugins_report', None) or []:
-            if getattr(record, 'in_slot', False):
-                full = f'{prefix}.' if prefix else ''
-                renames[f"{full}{record.path}.attn_{snake_name(record.type)}."] = f"{full}{record.attr}."
+    for prefix, _, record in recorded_insertions(model):
+        if getattr(record, 'in_slot', False):
+            full = f'{prefix}.' if prefix else ''
+            renames[f"{full}{record.path}.attn_{snake_name(record.type)}."] = f"{full}{record.attr}."
     return renames
 
 

@@ -591,13 +591,19 @@ def _slot_after(model: nn.Module, path: str):
     return None
 
 
+def recorded_insertions(model: nn.Module):
+    """(path of the report's holder, holder, record) for every insertion recorded in any
+    attn_plugins_report inside `model`, in module and report order (a model injected at creation,
+    e.g. by create_model / TimmBackbone, may be injected again from outside, or wrapped)."""
+    for prefix, holder in model.named_modules():
+        for record in getattr(holder, 'attn_plugins_report', None) or []:
+            yield prefix, holder, record
+
+
 def _after_records(model: nn.Module) -> list[tuple[str, str, Insertion]]:
-    """(qualified host path, qualified block path, record) of every 'after' insertion recorded in any
-    attn_plugins_report inside `model` (a model injected at creation, e.g. by create_model /
-    TimmBackbone, may be injected again from outside)."""
+    """(qualified host path, qualified block path, record) of every 'after' insertion inside `model`."""
     return [(_join(prefix, record.path), _join(prefix, record.attr), record)
-            for prefix, holder in model.named_modules()
-            for record in getattr(holder, 'attn_plugins_report', None) or [] if record.position == 'after']
+            for prefix, _, record in recorded_insertions(model) if record.position == 'after']
 
 
 def _insert_after_in_slot(model, path, block, stack, where, type_name, channels, options) -> Insertion | None:
@@ -661,20 +667,25 @@ def _insert(model, path, module, block, kind, stack, where, type_name, channels,
 
 # ---------------------------------------------------------------- re-attaching
 def _recorded_blocks(model: nn.Module):
-    """(report holder, record, qualified host path, host or None, block attribute) for every
-    'after' / 'before' / 'after[i]' insertion in every attn_plugins_report inside `model`, in
-    report order ('replace' blocks are children like any other and need no hook)."""
-    for prefix, holder in model.named_modules():
-        for record in getattr(holder, 'attn_plugins_report', None) or []:
-            if record.position not in ('after', 'before') and not record.position.startswith('after[') or \
-                    record.in_slot:
-                continue        # 'replace' and slot blocks are children like any other: no hook
-            host_path = '' if record.path == '.' else record.path
-            try:
-                host = holder.get_submodule(host_path) if host_path else holder
-            except AttributeError:
-                host = None
-            yield holder, record, _join(prefix, host_path), host, record.attr.rpartition('.')[2]
+    """(report holder, record, qualified host path, host or None, block attribute, qualified block
+    path) for every 'after' / 'before' / 'after[i]' insertion inside `model`, in report order, each
+    block once ('replace' blocks are children like any other and need no hook)."""
+    seen = set()
+    for prefix, holder, record in recorded_insertions(model):
+        if record.position not in ('after', 'before') and not record.position.startswith('after[') or \
+                record.in_slot:
+            continue        # 'replace' and slot blocks are children like any other: no hook
+        host_path = '' if record.path == '.' else record.path
+        attr = record.attr.rpartition('.')[2]
+        block_path = _join(_join(prefix, host_path), attr)
+        if block_path in seen:
+            continue
+        seen.add(block_path)
+        try:
+            host = holder.get_submodule(host_path) if host_path else holder
+        except AttributeError:
+            host = None
+        yield holder, record, _join(prefix, host_path), host, attr, block_path
 
 
 def _hook_kind(record: Insertion, host: nn.Module) -> str:
@@ -719,13 +730,11 @@ def reattach_blocks(model: nn.Module) -> list[str]:
     again on each report's model (mmengine: the blocks' own init through the new host's
     init_weights). `attn_plugins.runner.build_runner` calls it after building the Runner; call it
     yourself after such a conversion."""
-    reattached, seen, touched = [], set(), []
+    reattached, touched = [], []
     output_hooks: dict[int, tuple[nn.Module, list[dict]]] = {}
-    for holder, record, host_path, host, attr in _recorded_blocks(model):
-        block_path = _join(host_path, attr)
-        if host is None or attr not in host._modules or block_path in seen:
+    for holder, record, host_path, host, attr, block_path in _recorded_blocks(model):
+        if host is None or attr not in host._modules:
             continue        # gone: `detached_blocks` names it
-        seen.add(block_path)
         kind = _hook_kind(record, host)
         if _attached(host, attr, kind):
             continue
@@ -754,12 +763,8 @@ def reattach_blocks(model: nn.Module) -> list[str]:
 def detached_blocks(model: nn.Module) -> list[str]:
     """Every recorded block (see `reattach_blocks`) that would not run in a forward of `model`,
     as '<block path>: <why>'; empty when all are in place."""
-    problems, seen = [], set()
-    for _, record, host_path, host, attr in _recorded_blocks(model):
-        block_path = _join(host_path, attr)
-        if block_path in seen:
-            continue
-        seen.add(block_path)
+    problems = []
+    for _, record, host_path, host, attr, block_path in _recorded_blocks(model):
         shown = host_path or '.'
         if host is None:
             problems.append(f"{block_path}: its host module {shown!r} is no longer in the model")
@@ -776,10 +781,5 @@ def detached_blocks(model: nn.Module) -> list[str]:
 def hooked_blocks(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     """(block path, host path, host) of every recorded block that a hook on its host runs (not
     those appended to an nn.Sequential, nor 'replace' blocks), in report order."""
-    found, seen = [], set()
-    for _, record, host_path, host, attr in _recorded_blocks(model):
-        block_path = _join(host_path, attr)
-        if host is not None and block_path not in seen and _hook_kind(record, host) != 'sequential':
-            seen.add(block_path)
-            found.append((block_path, host_path, host))
-    return found
+    return [(block_path, host_path, host) for _, record, host_path, host, _, block_path in _recorded_blocks(model)
+            if host is not None and _hook_kind(record, host) != 'sequential']
