@@ -132,6 +132,61 @@ def test_run_orders_balance_position_and_predecessor(count):
     assert len(follows) == count * (count - 1) and len(set(follows.values())) == 1, follows
 
 
+def test_goal_cases_time_one_process_per_build_order(monkeypatch):
+    """The model built later in a process ran ~1-2% faster, so a goal case runs one child process
+    per build order (for base / ours / peer all 6: each variant built first, second, third and right
+    after each other one equally often), with an equal share of the rounds, pooled; only the first
+    child counts the complexity. Quick runs and other cases keep one process, built as listed."""
+    from collections import Counter
+    calls = []
+
+    def fake_child(args):
+        spec = json.loads(args[1])
+        calls.append((spec.get('build_order'), args))
+        repeats = int(args[args.index('--repeats') + 1])
+        index = len(calls)
+        return dict(times={label: [index + k / 10 for k in range(repeats)] for label in spec['variants']},
+                    order=[list(spec['variants'])] * repeats,
+                    complexity=None if '--no-complexity' in args else {'counted': index})
+
+    monkeypatch.setattr(bench_models, 'run_child', fake_child)
+    spec = dict(variants={'base': 'm:a', 'ours': 'm:b', 'peer': 'm:c'}, shape=[1, 3, 8, 8])
+    timing = bench_models.time_case(spec, 2, 108, ['--threads', '2'], balance_builds=True)
+    orders = [order for order, _ in calls]
+    assert len(orders) == 6 and sorted(map(tuple, orders)) == sorted(set(map(tuple, orders)))
+    assert all(sorted(order) == ['base', 'ours', 'peer'] for order in orders)
+    assert set(Counter((i, label) for order in orders for i, label in enumerate(order)).values()) == {2}
+    before = Counter((a, b) for order in orders for i, a in enumerate(order) for b in order[i + 1:])
+    assert set(before.values()) == {3} and len(before) == 6        # ours before the peer in half the processes
+    assert all(args[args.index('--repeats') + 1] == '18' and args[args.index('--warmup') + 1] == '2'
+               for _, args in calls)
+    assert ['--no-complexity' in args for _, args in calls] == [False] + [True] * 5
+    assert timing['complexity'] == {'counted': 1} and timing['build_orders'] == orders
+    assert len(timing['times']['ours']) == len(timing['order']) == 108
+    assert timing['times']['ours'][:2] == [1.0, 1.1] and timing['times']['ours'][-1] == pytest.approx(6.0 + 1.7)
+    calls.clear()
+    single = bench_models.time_case(spec, 2, 20, [], balance_builds=False)
+    assert [order for order, _ in calls] == [None] and 'build_orders' not in single
+
+
+def test_child_builds_in_the_given_order(monkeypatch):
+    """child_time builds the variants in spec['build_order'] and reports them under their labels, in
+    the case's own order; a build order that is not a permutation of the variants is refused."""
+    built = []
+
+    def fake_build(builder, quick=False):
+        built.append(builder)
+        return nn.Identity()
+
+    monkeypatch.setattr(bench_models, 'build', fake_build)
+    spec = dict(variants={'base': 'm:a', 'ours': 'm:b', 'peer': 'm:c'}, shape=[1, 2], build_order=['peer', 'base', 'ours'])
+    result = bench_models.child_time(spec, False, 0, 6, 1, complexity=False)
+    assert built == ['m:c', 'm:a', 'm:b'] and list(result['times']) == ['base', 'ours', 'peer']
+    assert result['complexity'] is None and len(result['order']) == 6
+    with pytest.raises(ValueError, match='build_order'):
+        bench_models.child_time(dict(spec, build_order=['peer', 'base']), False, 0, 1, 1, complexity=False)
+
+
 def test_quick_models_suite_json_plots_oom_and_readme(tmp_path):
     """VGG-16 +- LTPA and the PAM sweep on tiny shapes: rows with ratios to the base, the peer not run
     where its N x N maps exceed the (lowered) memory limit, valid PNGs; then the README section from

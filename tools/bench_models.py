@@ -5,7 +5,8 @@ peer: the same block from timm, mmcv or mmseg). Per variant: parameters, FLOPs (
 count plus the gate ops it skips, see tools/bench_flops.py), CPU latency and peak memory of the
 forward pass, and the ratio of each to the base. Latency: all variants of a case run in one
 process on the same input, interleaved in rounds (run orders balanced: `balanced_orders`) after untimed
-warm-up rounds; median, min/max and quartiles per variant, ratios of medians and the range of
+warm-up rounds (the goal cases: one process per build order, `build_orders`, rounds pooled);
+median, min/max and quartiles per variant, ratios of medians and the range of
 per-round ratios. A goal (ours' time overhead at most the peer's) is decided on the per-round
 ratio ours / peer: its median, with a distribution-free 95% interval (`median_ci`) that says
 whether the difference is larger than the rounds' noise. PASS: ours not measurably slower (the
@@ -172,7 +173,8 @@ def register_model_case(name: str, *, base, ours=None, peer=None, shape, quick_s
                         goal: bool = False, variants: dict | None = None, notes: str = '') -> None:
     """Add a case to the models suite. Builders are functions `f(quick=False) -> nn.Module` (or
     'module:function' names) importable from tools/ or the package; `variants` adds more
-    {label: builder} beside base / ours / peer. `goal`: report ours' time overhead against the peer's."""
+    {label: builder} beside base / ours / peer. `goal`: report ours' time overhead against the peer's,
+    timed in one process per build order (`build_orders`)."""
     built = {'base': base, 'ours': ours, 'peer': peer, **(variants or {})}
     MODEL_CASES[name] = dict(variants={k: _builder_name(v) for k, v in built.items() if v is not None},
                              shape=tuple(shape), quick_shape=tuple(quick_shape), schedule=tuple(schedule),
@@ -181,7 +183,8 @@ def register_model_case(name: str, *, base, ours=None, peer=None, shape, quick_s
 
 # The goal cases: ours and the peer run the same ops on the same shapes (same FLOPs), so their
 # difference is small next to one round's noise: many rounds, ours / peer compared per round.
-GOAL_SCHEDULE = (5, 90)
+# 108 rounds: 18 in each of the 6 build orders of 3 variants, 3 cycles of the 6 run orders each.
+GOAL_SCHEDULE = (5, 108)
 register_model_case('ResNet-50 + SE', base=timm_resnet50, ours=ours_se_resnet50, peer=timm_seresnet50,
                     shape=(1, 3, 224, 224), quick_shape=(1, 3, 64, 64), goal=True, schedule=GOAL_SCHEDULE,
                     notes='SE after bn3 of all 16 bottlenecks; peer: timm seresnet50')
@@ -243,16 +246,30 @@ def balanced_orders(labels: list) -> list[list]:
     return [[labels[k] for k in row] for row in rows]
 
 
-def child_time(spec: dict, quick: bool, warmup: int, repeats: int, threads: int) -> dict:
-    """Interleaved timing of every variant of `spec` (run orders of `balanced_orders`), then their complexity."""
+def build_orders(labels: list) -> list[list]:
+    """The orders in which the goal cases' child processes build their variants: every order of a
+    Williams design (for 3 variants all 6), so each variant is built first, second, ... and right
+    after each other one equally often. In one process the model built later ran faster: ours / timm
+    per round of CBAM-ResNet-50 (ops identical, 150 rounds each, quiet machine) was 1.010, 1.026 and
+    1.005 with ours built before timm's, 0.994, 0.998 and 0.995 with it built after; the suite, which
+    always built base, ours, peer, measured 1.000-1.022 in 7 runs of unchanged code."""
+    return balanced_orders(labels)
+
+
+def child_time(spec: dict, quick: bool, warmup: int, repeats: int, threads: int, complexity: bool = True) -> dict:
+    """Interleaved timing of every variant of `spec` (run orders of `balanced_orders`; built in the
+    order of spec['build_order'] where given), then their complexity (unless `complexity` is False)."""
     import torch
 
-    from bench_flops import complexity
+    from bench_flops import complexity as count_complexity
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(*spec['shape'])
-    models = {label: build(builder, quick) for label, builder in spec['variants'].items()}
-    labels = list(models)
+    labels = list(spec['variants'])
+    built = {label: build(spec['variants'][label], quick) for label in spec.get('build_order', labels)}
+    if sorted(built) != sorted(labels):
+        raise ValueError(f"build_order {spec['build_order']}: expected each of {labels} once")
+    models = {label: built[label] for label in labels}
     times, order = {label: [] for label in labels}, []
     turns = balanced_orders(labels)
     with torch.no_grad():
@@ -267,7 +284,7 @@ def child_time(spec: dict, quick: bool, warmup: int, repeats: int, threads: int)
                     times[label].append(elapsed)
             if i >= warmup:
                 order.append(turn)
-    cost = {label: complexity(model, (x,)) for label, model in models.items()}
+    cost = {label: count_complexity(model, (x,)) for label, model in models.items()} if complexity else None
     return dict(times=times, order=order, complexity=cost)
 
 
@@ -345,6 +362,8 @@ def case_row(name: str, shape, timing: dict, memory: dict, warmup: int) -> dict:
                              memory=v['peak_mb'] / max(base['peak_mb'], 1e-3))
     row = dict(case=name, shape=list(shape), notes=case['notes'], warmup=warmup, repeats=len(timing['order']),
                order=timing['order'], variants=variants, vs_base=ratios)
+    if 'build_orders' in timing:
+        row['build_orders'] = timing['build_orders']
     if case['goal'] and 'peer' in ratios:
         ours, peer = ratios['ours'], ratios['peer']
         # Same base, so ours' overhead <= the peer's iff ours' time <= the peer's: decided on the
@@ -369,6 +388,23 @@ def selected_cases(only, quick) -> list[str]:
     return [n for n in names if not only or any(o in n for o in only)]
 
 
+def time_case(spec: dict, warmup: int, repeats: int, common: list, balance_builds: bool) -> dict:
+    """Timing of a case's variants: one child process, or (`balance_builds`) one per order of
+    `build_orders`, each with its own warm-up and an equal share of the rounds, pooled."""
+    orders = build_orders(list(spec['variants'])) if balance_builds else [None]
+    share = -(-repeats // len(orders))
+    parts = []
+    for i, order in enumerate(orders):
+        child_spec = spec if order is None else dict(spec, build_order=order)
+        parts.append(run_child(['time', json.dumps(child_spec), '--warmup', str(warmup),
+                                '--repeats', str(share), *common] + ([] if i == 0 else ['--no-complexity'])))
+    timing = dict(times={label: [t for part in parts for t in part['times'][label]] for label in spec['variants']},
+                  order=[turn for part in parts for turn in part['order']], complexity=parts[0]['complexity'])
+    if balance_builds:
+        timing['build_orders'] = orders
+    return timing
+
+
 def run_models(args, progress=None) -> list[dict]:
     rows = []
     for name in selected_cases(args.only, args.quick):
@@ -381,8 +417,9 @@ def run_models(args, progress=None) -> list[dict]:
         if progress:
             progress(f"{step}: {warmup} warm-up + {repeats} interleaved rounds, complexity")
         common = ['--threads', str(args.threads)] + (['--quick'] if args.quick else [])
-        spec = json.dumps(dict(variants=case['variants'], shape=list(shape)))
-        timing = run_child(['time', spec, '--warmup', str(warmup), '--repeats', str(repeats), *common])
+        spec = dict(variants=case['variants'], shape=list(shape))
+        timing = time_case(spec, warmup, repeats, common, balance_builds=case['goal'] and not args.quick)
+        spec = json.dumps(spec)
         memory = {}
         for label in case['variants']:
             if progress:
@@ -802,7 +839,9 @@ def render_readme(result: dict) -> str:
                   'ratios [their range]).', ''] + _markdown(*models_table(result)) + ['']
     goals = goal_lines(result)
     if goals:
-        lines += ['**Goals** (issue 10: SE / CBAM overhead at most timm\'s, same run):', '']
+        processes = max((len(r.get('build_orders', ())) for r in result.get('rows', [])), default=0)
+        pooled = f'; rounds pooled over {processes} processes, one per build order' if processes > 1 else ''
+        lines += [f'**Goals** (issue 10: SE / CBAM overhead at most timm\'s, same run{pooled}):', '']
         lines += [f'- {g}' for g in goals] + ['']
     if result.get('sweep'):
         lines += ['**Resolution sweep** (one forward pass per point; the peer is not run where its N x N maps '
@@ -849,12 +888,13 @@ def _child_main(argv) -> int:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--no-complexity', action='store_true')
     args = parser.parse_args(argv)
     import warnings
     warnings.filterwarnings('ignore')
     spec = json.loads(args.target)
     if args.kind == 'time':
-        result = child_time(spec, args.quick, args.warmup, args.repeats, args.threads)
+        result = child_time(spec, args.quick, args.warmup, args.repeats, args.threads, not args.no_complexity)
     elif args.kind == 'memory':
         result = child_memory(spec, args.variant, args.quick, args.threads)
     else:
