@@ -164,6 +164,14 @@ def test_goal_cases_time_one_process_per_build_order(monkeypatch):
     assert timing['complexity'] == {'counted': 1} and timing['build_orders'] == orders
     assert len(timing['times']['ours']) == len(timing['order']) == 108
     assert timing['times']['ours'][:2] == [1.0, 1.1] and timing['times']['ours'][-1] == pytest.approx(6.0 + 1.7)
+    # the goal cases as registered (base, ours, peer, peer_copy): 4 orders, each variant in each
+    # position once, ours built before the peer in half of them (and before its copy)
+    labels = list(bench_models.MODEL_CASES['ResNet-50 + SE']['variants'])
+    assert labels == ['base', 'ours', 'peer', 'peer_copy']
+    four = bench_models.build_orders(labels)
+    assert len(four) == 4 and set(Counter((i, label) for order in four for i, label in enumerate(order)).values()) == {1}
+    assert sum(o.index('ours') < o.index('peer') for o in four) == 2 == sum(o.index('ours') < o.index('peer_copy') for o in four)
+    assert bench_models.GOAL_SCHEDULE[1] % (len(four) * len(bench_models.balanced_orders(labels))) == 0
     calls.clear()
     single = bench_models.time_case(spec, 2, 20, [], balance_builds=False)
     assert [order for order, _ in calls] == [None] and 'build_orders' not in single

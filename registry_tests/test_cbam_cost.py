@@ -62,7 +62,7 @@ def test_goal_compares_ours_and_peer_round_by_round():
     """The goal is decided on the per-round ratio ours / peer (median and its 95% interval), not
     on the two medians of ratios to the base: here ours beat the peer in 2 of 3 rounds although its
     median overhead is the larger."""
-    times = dict(base=[1.0, 1.0, 1.0], ours=[1.1, 1.2, 1.3], peer=[1.15, 1.25, 1.0])
+    times = dict(base=[1.0, 1.0, 1.0], ours=[1.1, 1.2, 1.3], peer=[1.15, 1.25, 1.0], peer_copy=[1.15, 1.25, 1.0])
     timing = dict(times=times, order=[list(times)] * 3,
                   complexity={k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
                               for k in times})
@@ -77,6 +77,7 @@ def test_goal_compares_ours_and_peer_round_by_round():
     line = bench_models.goal_lines(dict(goals=[goal]))[0]
     assert line.startswith('INCONCLUSIVE') and 'ours / peer 0.960 per round' in line
     tight = dict(base=[1.0] * 9, ours=[1.0] * 9, peer=[1.0 + 0.001 * i for i in range(9)])
+    tight['peer_copy'] = tight['peer']
     timing = dict(timing, times=tight, order=[list(tight)] * 9)
     assert bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']['status'] == 'PASS'
     slower = dict(tight, ours=[1.02] * 9)
@@ -85,9 +86,38 @@ def test_goal_compares_ours_and_peer_round_by_round():
     # a tie: the median a little above 1, the interval around 1 and narrow: PASS (identical models
     # would fail half the runs on "median <= 1")
     tie = dict(base=[1.0] * 9, ours=[1.0] * 9, peer=[1.004, 0.996, 1.003, 0.997, 0.999, 1.002, 0.998, 1.001, 0.9995])
+    tie['peer_copy'] = tie['peer']
     timing = dict(timing, times=tie)
     goal = bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
     assert goal['ours_vs_peer'] > 1 and goal['status'] == 'PASS'
+
+
+def test_goal_counts_ours_slower_only_beyond_the_peer_copy_control():
+    """The goal cases time a second instance of the peer: ours / peer is a measured slowdown only
+    where its whole interval lies above 1 and above the control's (peer copy / peer) interval."""
+    case = bench_models.MODEL_CASES['ResNet-50 + CBAM']
+    assert case['variants']['peer_copy'] == case['variants']['peer']
+    memory = {k: dict(peak_mb=1.0, process_peak_mb=1.0) for k in case['variants']}
+    complexity = {k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
+                  for k in case['variants']}
+    rounds = 21
+    peer = [1.0] * rounds
+    ours = [1.004 + 0.0002 * (i % 5) for i in range(rounds)]                # 0.4-0.5% slower, every round
+
+    def goal(copy):
+        times = dict(base=[0.9] * rounds, ours=ours, peer=peer, peer_copy=copy)
+        timing = dict(times=times, order=[list(times)] * rounds, complexity=complexity)
+        return bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+
+    # the copy measures as much apart from the peer as ours does: not a slowdown of ours
+    within = goal([1.003 + 0.0003 * (i % 7) for i in range(rounds)])
+    assert within['ours_vs_peer_ci'][0] > 1 and within['control_ci'][1] >= within['ours_vs_peer_ci'][0]
+    assert within['status'] == 'PASS' and within['verdict'] == 'slower than 1, within the control'
+    # the copy matches the peer: ours' 0.4% is a measured slowdown
+    beyond = goal([1.0 + 0.0001 * (i % 3 - 1) for i in range(rounds)])
+    assert beyond['status'] == 'FAIL' and beyond['verdict'] == 'ours slower' and beyond['floor'] == pytest.approx(1.0001)
+    line = bench_models.goal_lines(dict(goals=[beyond]))[0]
+    assert 'control peer copy / peer 1.000' in line and 'interval bottom <= 1.000' in line
 
 
 def test_median_interval_is_the_binomial_one():
