@@ -36,6 +36,14 @@ with a second block after that child, both are hooked on it, in order).
 A checkpoint of the base model therefore loads with only the plugin keys missing. Every insertion
 is listed in `model.attn_plugins_report`.
 
+A block hooked on a norm (`after:bn2` outside a slot, 'after' / 'before' a norm) takes the mode of
+the norm's owner (its parent), not the norm's: backbones that freeze their norms in `train()`
+(mmdet / mmseg ResNets with `norm_eval=True`) put every BN, with its children, in eval. A forward
+pre-hook on the owner (eager only, dropped by TorchScript) gives the block the owner's mode when
+the norm's mode differs from the owner's, so the block trains in a trainable stage and stays in
+eval in a frozen stage (`frozen_stages`), while the norm stays frozen; `.training` read between
+`model.train()` and the next forward still shows the norm's mode.
+
 A hook lives on its module object: a tool that replaces the host and moves its children over
 (SyncBatchNorm conversion either way: mmengine's Runner reverts SyncBN in every non-distributed
 run; timm's train.py --sync-bn) keeps the block but drops its hook, so the block silently stops
@@ -93,24 +101,71 @@ _HOOK_SOURCE = {
               "    return module.{attr}(output)\n"),
     'before': ("def {name}(module, args: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:\n"
                "    return (module.{attr}(args[0]),) + args[1:]\n"),
+    # pre-hook on a norm's owner (see `_follow_owner`); eager only: TorchScript drops the branch
+    'follow': ("def {name}(module, args: Tuple[torch.Tensor]) -> None:\n"
+               "    if not torch.jit.is_scripting():\n"
+               "        _follow_owner(module, {norm!r}, {block!r})\n"),
 }
 
 
 def _block_hook(kind: str, attr: str):
-    """The forward hook ('after') or pre-hook ('before') that runs `module.<attr>`."""
+    """The forward hook ('after') or pre-hook ('before') that runs `module.<attr>`; for 'follow',
+    `attr` is '<norm>__<block attribute>': the pre-hook on a norm's owner (`_follow_owner`)."""
     name = f'_{kind}__{attr}'
     if name not in globals():
-        if not attr.isidentifier():
+        norm, _, block = attr.rpartition('__')
+        if not (name.isidentifier() if kind == 'follow' else attr.isidentifier()):
             raise ConfigError(f"attn_plugins: block attribute {attr!r} is not an identifier")
-        source = _HOOK_SOURCE[kind].format(name=name, attr=attr)
+        source = _HOOK_SOURCE[kind].format(name=name, attr=attr, norm=norm, block=block)
         filename = f'<attn_plugins.injector {name}>'
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)   # for inspect
-        namespace = {'torch': torch, 'Tuple': Tuple}
+        namespace = {'torch': torch, 'Tuple': Tuple, '_follow_owner': _follow_owner}
         exec(compile(source, filename, 'exec', dont_inherit=True), namespace)  # noqa: S102 - our template
         hook = namespace[name]
         hook.__module__ = __name__
         globals()[name] = hook
     return globals()[name]
+
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def _follow_owner(owner: nn.Module, norm_name: str, attr: str) -> None:
+    """Before `owner` runs: a block hooked on its norm child takes the owner's mode where the norm's
+    mode differs from it (a frozen norm: mmdet/mmseg `norm_eval=True` puts every BN, and so every
+    child of it, in eval in `train()`); a block the user put in another mode under a norm that
+    follows its owner is left as it is."""
+    norm = owner._modules.get(norm_name)
+    block = norm._modules.get(attr) if norm is not None else None
+    if block is not None and norm.training != owner.training and block.training != owner.training:
+        block.train(owner.training)
+
+
+def _owner_of(model: nn.Module, path: str, host: nn.Module) -> tuple[nn.Module, str] | None:
+    """(owner, child name) of a norm host at `path` inside `model`; None for another host or the model."""
+    if not path or not isinstance(host, NORM_TYPES):
+        return None
+    parent_path, _, name = path.rpartition('.')
+    try:
+        return (model.get_submodule(parent_path) if parent_path else model), name
+    except AttributeError:
+        return None
+
+
+def _follow_hook_missing(owner: nn.Module, name: str, attr: str) -> bool:
+    return not any(h is _block_hook('follow', f'{name}__{attr}') for h in owner._forward_pre_hooks.values())
+
+
+def _hook_follow(model: nn.Module, path: str, host: nn.Module, attr: str) -> None:
+    """A block hooked on a norm (not the model itself) follows the norm's owner: it starts in the
+    owner's mode, and a pre-hook on the owner keeps it there where the norm is frozen."""
+    found = _owner_of(model, path, host)
+    if found is None:
+        return
+    owner, name = found
+    host._modules[attr].train(owner.training)
+    if _follow_hook_missing(owner, name, attr):
+        owner.register_forward_pre_hook(_block_hook('follow', f'{name}__{attr}'))
 
 
 def __getattr__(name: str):
@@ -634,6 +689,7 @@ def _insert_after_in_slot(model, path, block, stack, where, type_name, channels,
     setattr(parent, slot, None)
     host.add_module(attr, current)
     host.register_forward_hook(_block_hook('after', attr))
+    _hook_follow(model, path, host, attr)
     record.attr, record.in_slot = _join(record.path, attr), False
     return None
 
@@ -662,6 +718,7 @@ def _insert(model, path, module, block, kind, stack, where, type_name, channels,
         module.register_forward_hook(_block_hook('after', attr))
     else:
         module.register_forward_pre_hook(_block_hook('before', attr))
+    _hook_follow(model, path, module, attr)
     return Insertion(shown, kind, type_name, channels, _join(path, attr), options)
 
 
@@ -726,7 +783,8 @@ def reattach_blocks(model: nn.Module) -> list[str]:
     `convert_sync_batchnorm` (train.py --sync-bn). The block stays in the state dict but no longer
     runs. This finds every insertion of every `attn_plugins_report` inside `model` (a wrapper
     such as DDP too) whose host lacks its hook and registers the same hook again, in report
-    order; hooks still in place are left alone (idempotent). Then the `AFTER_INJECT` callbacks run
+    order, and the mode pre-hook on a norm host's owner where the owner lost it (a block counts
+    as re-attached then too); hooks still in place are left alone (idempotent). Then the `AFTER_INJECT` callbacks run
     again on each report's model (mmengine: the blocks' own init through the new host's
     init_weights). `attn_plugins.runner.build_runner` calls it after building the Runner; call it
     yourself after such a conversion."""
@@ -736,6 +794,11 @@ def reattach_blocks(model: nn.Module) -> list[str]:
         if host is None or attr not in host._modules:
             continue        # gone: `detached_blocks` names it
         kind = _hook_kind(record, host)
+        owner = _owner_of(model, host_path, host)
+        if owner is not None and _follow_hook_missing(*owner, attr):
+            owner[0].register_forward_pre_hook(_block_hook('follow', f'{owner[1]}__{attr}'))
+            if _attached(host, attr, kind):
+                reattached.append(block_path)
         if _attached(host, attr, kind):
             continue
         if kind == 'after':
