@@ -163,10 +163,13 @@ class NonLocal(HostInit, nn.Module):
         inner = self.inter_channels
         features = _helpers.pointwise_convs(x, [self.theta.weight, self.phi.weight, self.g.weight],
                                             [self.theta.bias, self.phi.bias, self.g.bias])
-        key_value = features[:, inner:]
+        # split, not slices: backward concatenates the three gradients in one pass (each slice's
+        # backward zero-filled a gradient of the whole product, and the three were then summed)
+        query, key_value = features.split([inner, 2 * inner], dim=1)
         if self.sub_sample:
             key_value = self.pool(key_value.unflatten(2, x.shape[2:])).flatten(2)
-        return features[:, :inner].transpose(1, 2), key_value[:, :inner], key_value[:, inner:]
+        key, value = key_value.split([inner, inner], dim=1)
+        return query.transpose(1, 2), key, value
 
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""

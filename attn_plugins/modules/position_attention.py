@@ -65,10 +65,9 @@ class PositionAttention(HostInit, nn.Module):
                                        [self.query.bias, self.key.bias, self.value.bias])     # one product of x
         else:       # hooked or replaced convs: called
             features = torch.cat([self.query(x), self.key(x), self.value(x)], 1).flatten(2)
-        query = features[:, :self.qk_channels].transpose(1, 2)                          # B, N, Ck
-        key = features[:, self.qk_channels:2 * self.qk_channels]                        # B, Ck, N
-        value = features[:, 2 * self.qk_channels:]                                      # B, C, N
-        out, attn = attention(query, key, value, self.scale, self.chunk_elements, self.record_attention)
+        # split, not slices: one gradient pass in backward (see NonLocal._features)
+        query, key, value = features.split([self.qk_channels, self.qk_channels, self.channels], dim=1)
+        out, attn = attention(query.transpose(1, 2), key, value, self.scale, self.chunk_elements, self.record_attention)
         if attn is not None:
             self.attention_map = attn
         return out.view_as(x)
