@@ -31,7 +31,10 @@ class BmmSpy:
         self.bmm, self.shapes = bmm, []
 
     def __call__(self, a, b, *args, **kwargs):
-        self.shapes.append((tuple(a.shape), tuple(b.shape)))
+        # a view of a parameter broadcast over the batch is a 1x1 conv run as a product
+        # (`_helpers.pointwise_convs`), not attention: its (C_out x C_in) and input maps are not recorded
+        if not isinstance(a._base, torch.nn.Parameter):
+            self.shapes.append((tuple(a.shape), tuple(b.shape)))
         return self.bmm(a, b, *args, **kwargs)
 
     def saw_matrix(self, rows: int, cols: int) -> bool:

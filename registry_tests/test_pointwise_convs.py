@@ -11,8 +11,8 @@ from attn_plugins.modules import CBAM, NonLocal, PositionAttention
 
 BLOCKS = {
     'CBAM': (lambda: CBAM(8, reduction=2), ('channel_gate.fc1', 'channel_gate.fc2')),
-    'NonLocal': (lambda: NonLocal(8, sub_sample=True), ('theta', 'phi', 'g')),
-    'NonLocal concatenation 3d': (lambda: NonLocal(8, dim=3, mode='concatenation'), ('theta', 'phi', 'g')),
+    'NonLocal': (lambda: NonLocal(8, sub_sample=True), ('theta', 'phi', 'g', 'out_conv')),
+    'NonLocal concatenation 3d': (lambda: NonLocal(8, dim=3, mode='concatenation'), ('theta', 'phi', 'g', 'out_conv')),
     'PositionAttention': (lambda: PositionAttention(8, qk_channels=2), ('query', 'key', 'value')),
 }
 
@@ -45,9 +45,9 @@ def test_plain_convs_run_as_one_product(name):
     make, _ = BLOCKS[name]
     with Ops() as ops:
         opened(make())(sample(name))
-    # NonLocal's W_z; θ, φ, g / query, key, value are none. CBAM runs its MLP as convs (timm's ops,
+    # θ, φ, g, NonLocal's W_z / query, key, value are none. CBAM runs its MLP as convs (timm's ops,
     # test_cbam_cost.py): fc1 and fc2 on each pooled vector, and the 7x7 conv
-    expected = 5 if name == 'CBAM' else int(name != 'PositionAttention')
+    expected = 5 if name == 'CBAM' else 0
     assert ops.names.count('convolution') == expected, ops.names
 
 

@@ -222,7 +222,14 @@ class NonLocal(HostInit, nn.Module):
         return self._dense_weights(query, key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.out_norm(self.out_conv(self.context(x)))
+        y = self.context(x)
+        if not torch.jit.is_scripting():
+            if not _helpers.fusable_convs(self.out_conv):       # hooked, pruned or replaced: called
+                return x + self.out_norm(self.out_conv(y))
+        # W_z as a product (`pointwise_convs`): forward + backward of 256 -> 512 channels on 2x64x128
+        # positions, bf16 autocast, 2 threads: 54 ms against 82 ms as a 1x1 convolution
+        z = _helpers.pointwise_convs(y, [self.out_conv.weight], [self.out_conv.bias])
+        return x + self.out_norm(z.view(z.shape[:2] + y.shape[2:]))
 
 
 def _concat_chunk(a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
