@@ -134,11 +134,20 @@ def _follow_owner(owner: nn.Module, norm_name: str, attr: str) -> None:
     """Before `owner` runs: a block hooked on its norm child takes the owner's mode where the norm's
     mode differs from it (a frozen norm: mmdet/mmseg `norm_eval=True` puts every BN, and so every
     child of it, in eval in `train()`); a block the user put in another mode under a norm that
-    follows its owner is left as it is."""
+    follows its owner is left as it is. A block whose parameters are all frozen stays in eval: a
+    `frozen_stages` stem (mmdet ResNet: `norm1.eval()`, its parameters, the block's too, frozen)
+    is owned by the backbone, which trains."""
     norm = owner._modules.get(norm_name)
     block = norm._modules.get(attr) if norm is not None else None
-    if block is not None and norm.training != owner.training and block.training != owner.training:
+    if block is not None and norm.training != owner.training and block.training != owner.training \
+            and not (owner.training and _frozen(block)):
         block.train(owner.training)
+
+
+def _frozen(block: nn.Module) -> bool:
+    """Whether `block` has parameters and none of them requires a gradient."""
+    trainable = [p.requires_grad for p in block.parameters()]
+    return bool(trainable) and not any(trainable)
 
 
 def _owner_of(model: nn.Module, path: str, host: nn.Module) -> tuple[nn.Module, str] | None:
