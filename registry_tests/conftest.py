@@ -5,6 +5,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 warnings.filterwarnings('ignore', category=DeprecationWarning)
@@ -41,6 +42,28 @@ class BmmSpy:
         """Whether any call took or produced a (rows x cols) or (cols x rows) matrix."""
         wanted = {(rows, cols), (cols, rows)}
         return any(m in wanted for sa, sb in self.shapes for m in (sa[-2:], sb[-2:], (sa[-2], sb[-1])))
+
+
+class OpLog(TorchDispatchMode):
+    """Records every aten op: (name, input tensor shapes, output shape) in `calls`, and its
+    non-tensor arguments (dims, sizes, ...) at the same index in `arguments`."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.arguments = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        self.calls.append((func.overloadpacket.__name__, shapes, out_shape))
+        self.arguments.append([a for a in args if not isinstance(a, torch.Tensor)])
+        return out
+
+    def bmms(self):
+        """The operand shapes of every batched product (baddbmm: its two factors)."""
+        return [tuple(shapes[:2]) if name == 'bmm' else tuple(shapes[1:3])
+                for name, shapes, _ in self.calls if name in ('bmm', 'baddbmm')]
 
 
 @pytest.fixture

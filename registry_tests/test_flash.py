@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attn_plugins.modules import _helpers
 from attn_plugins.modules._helpers import softmax_attention
+from conftest import OpLog
 
 B, NQ, NK, CK, CV = 2, 23, 19, 4, 7
 ROWS = 6                      # query rows per chunk: 4 chunks (6, 6, 6, 5)
@@ -26,26 +27,6 @@ def inputs(dtype=torch.float64, nq=NQ, nk=NK, ck=CK, cv=CV, requires_grad=True):
     key = torch.randn(B, ck, nk, generator=gen, dtype=dtype)
     value = torch.randn(B, cv, nk, generator=gen, dtype=dtype)
     return [t.requires_grad_(requires_grad) for t in (query, key, value)]
-
-
-class OpLog(TorchDispatchMode):
-    """Records every aten op with its input and output shapes."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        self.calls.append((func.overloadpacket.__name__, shapes, out_shape))
-        return out
-
-    def bmms(self):
-        """The operand shapes of every batched product (baddbmm: its two factors)."""
-        return [tuple(shapes[:2]) if name == 'bmm' else tuple(shapes[1:3])
-                for name, shapes, _ in self.calls if name in ('bmm', 'baddbmm')]
 
 
 def test_gradcheck_float64_several_chunks(force_chunks, bmm_spy):
@@ -245,8 +226,8 @@ def test_concat_training_recomputes_only_the_map(force_chunks):
     with OpLog() as log:
         out.square().sum().backward()
     inter = block.inter_channels
-    # not the a / b projections, not θ, φ, g (one product of 3 x inter channels, `pointwise_convs`)
-    attention_bmms = [(a, b) for a, b in log.bmms() if min(a[1:] + b[2:]) > 1 and 3 * inter not in a[1:] + b[1:]]
+    # not the a / b projections, not θ, φ, g or W_z (products with the block's 8 channels, `pointwise_convs`)
+    attention_bmms = [(a, b) for a, b in log.bmms() if min(a[1:] + b[2:]) > 1 and block.channels not in a[1:] + b[1:]]
     assert sum(2 * a[0] * a[1] * a[2] * b[2] for a, b in attention_bmms) == 2 * (2 * 2 * inter * 100 * 100)
     grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
     x.grad = None

@@ -8,6 +8,7 @@ import torch.nn.utils.prune as prune
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attn_plugins.modules import CBAM, NonLocal, PositionAttention
+from conftest import OpLog
 
 BLOCKS = {
     'CBAM': (lambda: CBAM(8, reduction=2), ('channel_gate.fc1', 'channel_gate.fc2')),
@@ -105,22 +106,6 @@ def test_training_saves_no_view_of_the_fused_product(mode, force_chunks):
     assert all(used >= nbytes for used, nbytes in storages.values() if nbytes >= 4096), storages   # no pinned slices
 
 
-class Recorded(TorchDispatchMode):
-    """Every op with the shapes of its tensor arguments and its non-tensor arguments."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        others = [a for a in args if not isinstance(a, torch.Tensor)]
-        out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        self.calls.append((func.overloadpacket.__name__, shapes, others, out_shape))
-        return out
-
-
 @pytest.mark.parametrize('name', ['NonLocal', 'NonLocal sub_sample', 'PositionAttention'])
 def test_fused_product_backward_takes_one_pass_per_gradient(name):
     """Backward of the fused projections: the three parts' gradients are concatenated once (sliced
@@ -133,13 +118,14 @@ def test_fused_product_backward_takes_one_pass_per_gradient(name):
     out = block(x)
     fused_channels = 2 + 2 + 8 if name == 'PositionAttention' else 3 * block.inter_channels
     fused = (2, fused_channels, 24)
-    with Recorded() as recorded:
+    with OpLog() as log:
         out.square().sum().backward()
+    calls = [(name, shapes, arguments, out_shape) for (name, shapes, out_shape), arguments in zip(log.calls, log.arguments)]
     assert block.theta.bias.grad is not None if name != 'PositionAttention' else block.value.bias.grad is not None
     part = 8 if name == 'PositionAttention' else block.inter_channels          # the largest of the three
-    filled = [c for c in recorded.calls if c[0] in ('zeros', 'zero_', 'fill_', 'new_zeros', 'full', 'slice_backward')
+    filled = [c for c in calls if c[0] in ('zeros', 'zero_', 'fill_', 'new_zeros', 'full', 'slice_backward')
               and c[3] is not None and len(c[3]) == 3 and c[3][0] == 2 and c[3][1] > part and c[3][2] == 24]
     assert not filled, filled
-    sums = [c for c in recorded.calls if c[0] == 'sum' and c[1] and c[1][0] == fused]
+    sums = [c for c in calls if c[0] == 'sum' and c[1] and c[1][0] == fused]
     assert sums and all(c[2] and list(c[2][0]) == [2] for c in sums), sums
-    assert [c for c in recorded.calls if c[0] == 'cat' and c[3] == fused]
+    assert [c for c in calls if c[0] == 'cat' and c[3] == fused]
