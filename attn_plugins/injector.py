@@ -36,10 +36,11 @@ with a second block after that child, both are hooked on it, in order).
 A checkpoint of the base model therefore loads with only the plugin keys missing. Every insertion
 is listed in `model.attn_plugins_report`.
 
-A block hooked on a norm (`after:bn2` outside a slot, 'after' / 'before' a norm) takes the mode of
-the norm's owner (its parent), not the norm's: backbones that freeze their norms in `train()`
-(mmdet / mmseg ResNets with `norm_eval=True`) put every BN, with its children, in eval. A forward
-pre-hook on the owner (eager only, dropped by TorchScript) gives the block the owner's mode when
+A block hooked on a batch / instance norm (`after:bn2` outside a slot, 'after' / 'before' a norm)
+takes the mode of the norm's owner (its parent), not the norm's: backbones that freeze their norms in
+`train()` (mmdet / mmseg ResNets with `norm_eval=True`) put every BN, with its children, in eval. A
+forward pre-hook on the owner (eager only, dropped by TorchScript; only where the owner's forward
+takes one input, as ResNet blocks and stems do, so that TorchScript can type it) gives the block the owner's mode when
 the norm's mode differs from the owner's, so the block trains in a trainable stage and stays in
 eval in a frozen stage (`frozen_stages`), while the norm stays frozen; `.training` read between
 `model.train()` and the next forward still shows the norm's mode.
@@ -127,7 +128,9 @@ def _block_hook(kind: str, attr: str):
     return globals()[name]
 
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+# the norms whose mode matters and that backbones freeze (mmdet / mmseg `norm_eval`: `_BatchNorm`);
+# group / layer norms compute the same in train and eval
+NORM_TYPES = (nn.modules.batchnorm._NormBase,)
 
 
 def _follow_owner(owner: nn.Module, norm_name: str, attr: str) -> None:
@@ -151,14 +154,29 @@ def _frozen(block: nn.Module) -> bool:
 
 
 def _owner_of(model: nn.Module, path: str, host: nn.Module) -> tuple[nn.Module, str] | None:
-    """(owner, child name) of a norm host at `path` inside `model`; None for another host or the model."""
+    """(owner, child name) of a norm host at `path` inside `model` that a backbone can freeze (a
+    batch / instance norm: what `norm_eval` puts in eval); None for another host, the model itself,
+    a child name that cannot be part of an identifier (it names the pre-hook), or an owner whose forward takes
+    more than one input (TorchScript types the pre-hook's input as one tensor: scripting would fail)."""
     if not path or not isinstance(host, NORM_TYPES):
         return None
     parent_path, _, name = path.rpartition('.')
     try:
-        return (model.get_submodule(parent_path) if parent_path else model), name
+        owner = model.get_submodule(parent_path) if parent_path else model
     except AttributeError:
         return None
+    if not f'_{name}'.isidentifier() or not _one_input(owner):      # '1' (a Sequential's child) names one
+        return None
+    return owner, name
+
+
+def _one_input(module: nn.Module) -> bool:
+    """Whether `module.forward` takes exactly one argument."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
 
 
 def _follow_hook_missing(owner: nn.Module, name: str, attr: str) -> bool:

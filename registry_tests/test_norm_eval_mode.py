@@ -156,3 +156,39 @@ def test_plain_model_after_and_before_a_frozen_norm_keeps_script_fx_and_pickle()
         dict(type='CBAM', where='body', position='after:bn', reduction=2)], example_input=x).train()
     model.body.bn.attn_cbam.eval()
     assert _modes(model, model.body.bn.attn_cbam, x=x) == [{False}]
+
+
+class _TwoInputOwner(nn.Module):
+    """An owner whose forward takes two inputs (as a timm ViT block's x, attn_mask), a BN inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.bn(self.conv(x)) * scale
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = _TwoInputOwner()
+        self.norms = nn.ModuleDict({'bn-a': nn.BatchNorm2d(8)})
+        self.ln = nn.GroupNorm(2, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.norms['bn-a'](self.block(x)))
+
+
+def test_follow_hook_only_where_torchscript_can_type_it():
+    """No mode pre-hook where it would break TorchScript or cannot be named: an owner whose forward
+    takes two inputs, a norm named 'bn-a' (a ModuleDict key), and none for a group norm (same in train
+    and eval, never frozen): all inject, script and run as eager."""
+    model = _Net().eval()
+    attn_plugins.inject(model, [dict(type='SE', where='block.bn', position='after', reduction=2),
+                                dict(type='SE', where='norms.bn-a', position='after', reduction=2),
+                                dict(type='SE', where='ln', position='after', reduction=2)])
+    assert not model.block._forward_pre_hooks and not model.norms._forward_pre_hooks and not model._forward_pre_hooks
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x))
