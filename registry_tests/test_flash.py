@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attn_plugins.modules import _helpers
 from attn_plugins.modules._helpers import softmax_attention
+from attn_plugins.modules._flash import BACKWARD_BLOCK_FACTOR
 from conftest import OpLog
 
 B, NQ, NK, CK, CV = 2, 23, 19, 4, 7
@@ -46,7 +47,7 @@ def test_backward_recomputes_only_the_scores(force_chunks, scale):
     out = softmax_attention(query, key, value, scale=scale, chunk_elements=ROWS * NK)
     with OpLog() as log:
         out.backward(torch.randn_like(out))
-    cols = ROWS * NK // NQ                       # key columns per block: as many scores as a query chunk
+    cols = ROWS * NK // NQ           # key columns per block in float32: as many scores as a query chunk
     flops = sum(2 * a[0] * a[1] * a[2] * b[2] for a, b in log.bmms())
     assert flops == 2 * B * NQ * NK * (2 * CV + 3 * CK + 2), log.bmms()
     score_products = [b[2] for a, b in log.bmms() if a == (B, NQ, CK + 1) and b[1] == CK + 1]
@@ -152,7 +153,8 @@ def test_bf16_bmm_operands_need_no_copy(force_chunks, needs):
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)
         out.backward(torch.randn(out.shape, dtype=out.dtype))
-    assert len(log.calls) >= 2 * 7 + 7 * (1 + 4 * (needs == 'qkv')), log.calls   # 7 chunks, 7 key blocks
+    blocks = -(-48 // (BACKWARD_BLOCK_FACTOR * 10 * 48 // 64))            # bf16: twice a chunk's scores
+    assert blocks == 4 and len(log.calls) >= 2 * 7 + blocks * (1 + 4 * (needs == 'qkv')), log.calls   # 7 chunks
     assert {dtype for dtype, *_ in log.calls} == {torch.bfloat16}, log.calls
     assert not [call for call in log.calls if 'strided' in call], log.calls
 
@@ -254,3 +256,21 @@ def test_concat_bf16_autocast_close_to_fp32(force_chunks):
     for got, want in zip((out, *grads), (ref, *ref_grads)):
         assert got.shape == want.shape
         assert ((got.float() - want).abs().max() / want.abs().max()).item() < 0.03
+
+
+def test_bf16_dq_widened_in_row_groups_is_the_same(force_chunks, monkeypatch):
+    """Under bf16 each key block's dQ product is widened into float32 `WIDEN_ROWS` queries at a time
+    (a small buffer instead of a whole float32 dQ): any group size gives the same gradients, bit for bit."""
+    from attn_plugins.modules import _flash
+    query, key, value = inputs(torch.float32, nq=40, nk=48, ck=8, cv=16)
+    grad = torch.randn(B, 16, 40)
+
+    def grads():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)
+        return torch.autograd.grad(out, (query, key, value), grad.to(out.dtype))
+
+    whole = grads()
+    monkeypatch.setattr(_flash, 'WIDEN_ROWS', 7)                    # 40 queries: groups of 7, the last of 5
+    for got, want in zip(grads(), whole):
+        assert torch.equal(got, want)
