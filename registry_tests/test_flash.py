@@ -274,3 +274,19 @@ def test_bf16_dq_widened_in_row_groups_is_the_same(force_chunks, monkeypatch):
     monkeypatch.setattr(_flash, 'WIDEN_ROWS', 7)                    # 40 queries: groups of 7, the last of 5
     for got, want in zip(grads(), whole):
         assert torch.equal(got, want)
+
+
+def test_bf16_backward_key_blocks_bounded_by_factor_times_a_chunk(force_chunks):
+    """Backward's transient score blocks stay O(chunk · Nk): in fp32 a key block holds as many scores
+    as a forward chunk, in bf16 `BACKWARD_BLOCK_FACTOR` (2) times as many, never the whole map."""
+    query, key, value = inputs(torch.float32, nq=64, nk=48, ck=8, cv=16)
+    widths = {}
+    for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+            out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)   # 10-query chunks
+        with OpLog() as log:
+            out.backward(torch.randn(out.shape, dtype=out.dtype))
+        widths[name] = sorted(b[2] for a, b in log.bmms() if a == (B, 64, 9) and b[1] == 9)   # [Q | −m] [K; 1]
+    assert widths['fp32'] == [6] + [7] * 6, widths                  # 10 · 48 // 64 = 7 keys: 448 scores <= 480
+    assert BACKWARD_BLOCK_FACTOR == 2 and widths['bf16'] == [3] + [15] * 3, widths   # 2 · 10 · 48 // 64
+    assert max(widths['bf16']) * 64 <= BACKWARD_BLOCK_FACTOR * 10 * 48
