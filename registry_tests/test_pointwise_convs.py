@@ -129,3 +129,35 @@ def test_fused_product_backward_takes_one_pass_per_gradient(name):
     sums = [c for c in calls if c[0] == 'sum' and c[1] and c[1][0] == fused]
     assert sums and all(c[2] and list(c[2][0]) == [2] for c in sums), sums
     assert [c for c in calls if c[0] == 'cat' and c[3] == fused]
+
+
+class LowRankWrapper(torch.nn.Module):
+    """A LoRA-style replacement of a 1x1 conv: the base conv plus a zero-init low-rank update, with
+    none of a conv's attributes of its own (kernel_size, groups, ...)."""
+
+    def __init__(self, base):
+        super().__init__()
+        conv = type(base)
+        self.base_layer, self.down = base, conv(base.in_channels, 2, 1, bias=False)
+        self.up = conv(2, base.out_channels, 1, bias=False)
+        torch.nn.init.zeros_(self.up.weight)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.up(self.down(x))
+
+
+@pytest.mark.parametrize('name', BLOCKS)
+def test_conv_replaced_by_a_wrapper_is_called(name):
+    """A projection replaced by a module that is not a conv (LoRA / adapter wrappers) is called; the
+    check for a plain conv read its `kernel_size` first and raised AttributeError."""
+    make, convs = BLOCKS[name]
+    for conv in convs:
+        block, x = opened(make()).train(), sample(name)
+        want = block(x)
+        parent, _, child = conv.rpartition('.')
+        wrapper = LowRankWrapper(block.get_submodule(conv))
+        setattr(block.get_submodule(parent) if parent else block, child, wrapper)
+        fired = []
+        wrapper.register_forward_hook(lambda module, args, out: fired.append(out.shape))
+        torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-6)
+        assert fired, conv
