@@ -230,10 +230,11 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             grad_v = query.new_empty(batch, channels, num_keys) if need_v else None
             # In 16-bit dtypes key blocks of twice the forward chunk's scores: dQ is summed over the
             # blocks, a product widened and added per block, so fewer blocks, fewer passes over dQ
-            # (float32 / float64 add inside the matmul: as many scores as a chunk). NonLocal2d bf16
-            # training step (2x512x64x128, 7 rounds, quiet 2 threads): ours / mmcv per round 0.903
-            # -> 0.876, extra memory 0.26x -> 0.30x with a whole-dQ float32 widening buffer, 0.295x
-            # with `WIDEN_ROWS`
+            # (float32 / float64 add inside the matmul: as many scores as a chunk). In bytes a bf16
+            # block is then a float32 one. Training step 2x512x64x128, 7 rounds, quiet, 2 threads, two
+            # separate (unpaired) runs: NonLocal2d bf16 ours / mmcv per round 0.903 -> 0.886, extra
+            # memory 0.26x -> 0.27x; PAM bf16 (Ck = 64: little dQ to widen) extra memory 0.26x -> 0.29x
+            # (+32 MB of blocks; goal <= 0.3x), time 0.85x -> 0.87x
             factor = BACKWARD_BLOCK_FACTOR if dtype != stat_dtype else 1
             cols = max(1, min(num_keys, factor * ctx.chunk * num_keys // num_queries))
             buffers = [query.new_empty(batch * num_queries * cols) for _ in range(1 + (need_q or need_k))]
