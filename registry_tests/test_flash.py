@@ -153,8 +153,7 @@ def test_bf16_bmm_operands_need_no_copy(force_chunks, needs):
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)
         out.backward(torch.randn(out.shape, dtype=out.dtype))
-    blocks = -(-48 // (BACKWARD_BLOCK_FACTOR * 10 * 48 // 64))            # bf16: twice a chunk's scores
-    assert blocks == 4 and len(log.calls) >= 2 * 7 + blocks * (1 + 4 * (needs == 'qkv')), log.calls   # 7 chunks
+    assert len(log.calls) >= 2 * 7 + 7 * (1 + 4 * (needs == 'qkv')), log.calls   # 7 chunks, 7 key blocks (Ck = 8)
     assert {dtype for dtype, *_ in log.calls} == {torch.bfloat16}, log.calls
     assert not [call for call in log.calls if 'strided' in call], log.calls
 
@@ -278,15 +277,20 @@ def test_bf16_dq_widened_in_row_groups_is_the_same(force_chunks, monkeypatch):
 
 def test_bf16_backward_key_blocks_bounded_by_factor_times_a_chunk(force_chunks):
     """Backward's transient score blocks stay O(chunk · Nk): in fp32 a key block holds as many scores
-    as a forward chunk, in bf16 `BACKWARD_BLOCK_FACTOR` (2) times as many, never the whole map."""
-    query, key, value = inputs(torch.float32, nq=64, nk=48, ck=8, cv=16)
+    as a forward chunk; in bf16 `BACKWARD_BLOCK_FACTOR` (2) times as many where Ck >= 128 (dQ's
+    widening passes weigh), one chunk's at a smaller Ck (PAM's 64); never the whole map."""
+    from attn_plugins.modules._flash import WIDE_BLOCKS_MIN_QK
+    assert BACKWARD_BLOCK_FACTOR == 2 and WIDE_BLOCKS_MIN_QK == 128
     widths = {}
-    for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
-        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
-            out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)   # 10-query chunks
-        with OpLog() as log:
-            out.backward(torch.randn(out.shape, dtype=out.dtype))
-        widths[name] = sorted(b[2] for a, b in log.bmms() if a == (B, 64, 9) and b[1] == 9)   # [Q | −m] [K; 1]
-    assert widths['fp32'] == [6] + [7] * 6, widths                  # 10 · 48 // 64 = 7 keys: 448 scores <= 480
-    assert BACKWARD_BLOCK_FACTOR == 2 and widths['bf16'] == [3] + [15] * 3, widths   # 2 · 10 · 48 // 64
-    assert max(widths['bf16']) * 64 <= BACKWARD_BLOCK_FACTOR * 10 * 48
+    for ck in (8, 128):
+        query, key, value = inputs(torch.float32, nq=64, nk=48, ck=ck, cv=16)
+        for name, dtype in (('fp32', torch.float32), ('bf16', torch.bfloat16)):
+            with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+                out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)   # 10-query chunks
+            with OpLog() as log:
+                out.backward(torch.randn(out.shape, dtype=out.dtype))
+            widths[name, ck] = sorted(b[2] for a, b in log.bmms() if a == (B, 64, ck + 1) and b[1] == ck + 1)  # [Q | −m] [K; 1]
+    one_chunk = [6] + [7] * 6                                       # 10 · 48 // 64 = 7 keys: 448 scores <= 480
+    assert widths['fp32', 8] == widths['fp32', 128] == widths['bf16', 8] == one_chunk, widths
+    assert widths['bf16', 128] == [3] + [15] * 3, widths             # 2 · 10 · 48 // 64
+    assert max(widths['bf16', 128]) * 64 <= BACKWARD_BLOCK_FACTOR * 10 * 48

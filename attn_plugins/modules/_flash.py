@@ -71,6 +71,8 @@ import torch
 _LOG2E = 1.4426950408889634
 # in 16-bit dtypes backward's key blocks hold this many times the forward chunk's scores (see `backward`)
 BACKWARD_BLOCK_FACTOR = 2
+# ... where the query-key channels Ck are at least this (NonLocal's 256, not PAM's 64), on the CPU
+WIDE_BLOCKS_MIN_QK = 128
 # queries per widening of a 16-bit dQ block into float32
 WIDEN_ROWS = 1024
 
@@ -151,7 +153,8 @@ def _scaled_grad_out(grad_out: torch.Tensor, out: torch.Tensor, inv_sum: torch.T
 class FlashSoftmaxAttention(torch.autograd.Function):
     """query (B, Nq, Ck), key (B, Ck, Nk), value (B, Cv, Nk) -> value @ softmax(scale · query @ key)ᵀ,
     (B, Cv, Nq), `chunk` query rows at a time in forward; backward visits blocks of keys with as
-    many scores (`BACKWARD_BLOCK_FACTOR` times as many in 16-bit dtypes), all queries at once, so
+    many scores (`BACKWARD_BLOCK_FACTOR` times as many on the CPU in 16-bit dtypes at Ck >= 128),
+    all queries at once, so
     each block's dK and dV is one matmul written once and
     only dQ (B, Nq, Ck) is summed over blocks (in float32).
 
@@ -228,14 +231,16 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                 if grad_q_block is not None else None
             grad_k = query.new_empty(batch, qk_channels, num_keys) if need_k else None
             grad_v = query.new_empty(batch, channels, num_keys) if need_v else None
-            # In 16-bit dtypes key blocks of twice the forward chunk's scores: dQ is summed over the
-            # blocks, a product widened and added per block, so fewer blocks, fewer passes over dQ
-            # (float32 / float64 add inside the matmul: as many scores as a chunk). In bytes a bf16
-            # block is then a float32 one. Training step 2x512x64x128, 7 rounds, quiet, 2 threads, two
-            # separate (unpaired) runs: NonLocal2d bf16 ours / mmcv per round 0.903 -> 0.886, extra
-            # memory 0.26x -> 0.27x; PAM bf16 (Ck = 64: little dQ to widen) extra memory 0.26x -> 0.29x
-            # (+32 MB of blocks; goal <= 0.3x), time 0.85x -> 0.87x
-            factor = BACKWARD_BLOCK_FACTOR if dtype != stat_dtype else 1
+            # On the CPU in 16-bit dtypes with Ck >= WIDE_BLOCKS_MIN_QK, key blocks of twice the forward
+            # chunk's scores: dQ is summed over the blocks, a product widened and added per block, so
+            # fewer blocks, fewer passes over dQ, whose cost grows with Ck (float32 / float64 add
+            # inside the matmul: as many scores as a chunk). In bytes such a bf16 block is a float32
+            # one. Training step 2x512x64x128, 7 rounds, quiet, 2 threads, two separate (unpaired)
+            # runs: NonLocal2d bf16 (Ck = 256) ours / mmcv per round 0.903 -> 0.886, extra memory
+            # 0.26x -> 0.27x; PAM bf16 (Ck = 64: little dQ to widen) gained no time (0.85x -> 0.87x)
+            # for +32 MB (0.26x -> 0.29x, goal <= 0.3x), so it keeps one chunk's scores
+            factor = BACKWARD_BLOCK_FACTOR if (dtype != stat_dtype and qk_channels >= WIDE_BLOCKS_MIN_QK
+                                               and query.device.type == 'cpu') else 1
             cols = max(1, min(num_keys, factor * ctx.chunk * num_keys // num_queries))
             buffers = [query.new_empty(batch * num_queries * cols) for _ in range(1 + (need_q or need_k))]
             # each block's keys and values, contiguous (see forward), with the rows of ones appended
