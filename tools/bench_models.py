@@ -710,7 +710,8 @@ def models_table(result: dict):
 
 def goal_lines(result: dict) -> list[str]:
     return [f"{g.get('status') or ('PASS' if g['passed'] else 'FAIL')}: {g['text']}: time overhead ours {g['ours_time_overhead']:+.1%} "
-            f"vs peer {g['peer_time_overhead']:+.1%} (median of per-round ratios to the base)"
+            f"vs peer {g['peer_time_overhead']:+.1%} (median of per-round ratios to the base; unpaired with "
+            f"each other: the goal is judged on ours / peer per round)"
             + (f"; time ours / peer {g['ours_vs_peer']:.3f} per round, median [95% interval "
                f"{g['ours_vs_peer_ci'][0]:.3f}-{g['ours_vs_peer_ci'][1]:.3f}]: {g['verdict']}"
                + (f"; ours / peer copy {g['ours_vs_peer_copy']:.3f} [{g['ours_vs_peer_copy_ci'][0]:.3f}-"
