@@ -249,6 +249,29 @@ def test_quick_models_suite_json_plots_oom_and_readme(tmp_path):
     assert '| VGG-16 + LTPA | ours |' in section
 
 
+@pytest.mark.slow
+def test_quick_models_suite_nonlocal_and_danet_cases(tmp_path):
+    """The whole-model cases beside the goals run end to end on tiny shapes: ResNet-50 + 5 non-local
+    blocks against mmcv's (5 blocks each side, same parameters) and DANet R50-D8 against mmseg's
+    DAHead, each with its base, ratios and per-variant memory."""
+    out = tmp_path / 'models.json'
+    proc = subprocess.run([sys.executable, BENCH, '--suite', 'models', '--quick', '--threads', '1', '--no-sweep',
+                           '--only', 'NonLocal x5', 'DANet R50-D8 512x1024', '--json', str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row['case']: row for row in json.loads(out.read_text())['rows']}
+    assert set(rows) == {'ResNet-50 + NonLocal x5', 'DANet R50-D8 512x1024'}
+    for row in rows.values():
+        assert set(row['variants']) == {'base', 'ours', 'peer'} and 'goal' not in row
+        assert all(v['time_s']['median'] > 0 and v['peak_mb'] >= 0 for v in row['variants'].values())
+        assert set(row['vs_base']) == {'ours', 'peer'}
+    nonlocal_row = rows['ResNet-50 + NonLocal x5']
+    ours, peer = nonlocal_row['variants']['ours'], nonlocal_row['variants']['peer']
+    assert [b['type'] for b in ours['blocks'].values()] == ['NonLocal'] * 5
+    assert ours['params'] == peer['params'] > nonlocal_row['variants']['base']['params']
+    assert ours['flops_mmengine'] == peer['flops_mmengine']
+
+
 def test_readme_section_is_rendered_from_the_json_alone(tmp_path, monkeypatch):
     """Paper rows only: the same JSON gives the same text; a README without the markers is an error."""
     models = bench_paper.image_models()

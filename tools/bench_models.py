@@ -99,7 +99,8 @@ def mmcv_nonlocal_resnet50(quick=False):
     for stage, indices in NONLOCAL_BLOCKS:
         layer = getattr(model, stage)
         for i in indices:
-            layer[i] = nn.Sequential(layer[i], NonLocal2d(layer[i].conv3.out_channels))
+            # with BN after W_z, as the paper's blocks and ours (mmcv's default has none)
+            layer[i] = nn.Sequential(layer[i], NonLocal2d(layer[i].conv3.out_channels, norm_cfg=dict(type='BN')))
     return model
 
 
@@ -197,7 +198,7 @@ register_model_case('ResNet-50 + CBAM', base=timm_resnet50, ours=ours_cbam_resne
                     notes="CBAM after bn3 of all 16 bottlenecks; peer: timm resnet50 with attn_layer='cbam'")
 register_model_case('ResNet-50 + NonLocal x5', base=timm_resnet50, ours=ours_nonlocal_resnet50,
                     peer=mmcv_nonlocal_resnet50, shape=(1, 3, 224, 224), quick_shape=(1, 3, 64, 64),
-                    schedule=(2, 10), notes='after res3 blocks 1,3 and res4 blocks 1,3,5; peer: mmcv NonLocal2d')
+                    schedule=(2, 10), notes='after res3 blocks 1,3 and res4 blocks 1,3,5; peer: mmcv NonLocal2d with BN')
 register_model_case('DANet R50-D8 512x1024', base=danet_without_attention, ours=danet_ours, peer=danet_mmseg,
                     shape=(1, 3, 512, 1024), quick_shape=(1, 3, 64, 128), schedule=(1, 5),
                     notes='whole-image inference; base: the same segmentor without PAM / CAM; peer: mmseg DAHead')
