@@ -179,8 +179,14 @@ def _one_input(module: nn.Module) -> bool:
     return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
 
 
-def _follow_hook_missing(owner: nn.Module, name: str, attr: str) -> bool:
-    return not any(h is _block_hook('follow', f'{name}__{attr}') for h in owner._forward_pre_hooks.values())
+def _register_follow(owner: nn.Module, name: str, attr: str) -> bool:
+    """The mode pre-hook for block `attr` of `owner`'s norm child `name`, registered where missing;
+    whether it was."""
+    hook = _block_hook('follow', f'{name}__{attr}')
+    if any(h is hook for h in owner._forward_pre_hooks.values()):
+        return False
+    owner.register_forward_pre_hook(hook)
+    return True
 
 
 def _hook_follow(model: nn.Module, path: str, host: nn.Module, attr: str) -> None:
@@ -191,8 +197,7 @@ def _hook_follow(model: nn.Module, path: str, host: nn.Module, attr: str) -> Non
         return
     owner, name = found
     host._modules[attr].train(owner.training)
-    if _follow_hook_missing(owner, name, attr):
-        owner.register_forward_pre_hook(_block_hook('follow', f'{name}__{attr}'))
+    _register_follow(owner, name, attr)
 
 
 def __getattr__(name: str):
@@ -822,10 +827,8 @@ def reattach_blocks(model: nn.Module) -> list[str]:
             continue        # gone: `detached_blocks` names it
         kind = _hook_kind(record, host)
         owner = _owner_of(model, host_path, host)
-        if owner is not None and _follow_hook_missing(*owner, attr):
-            owner[0].register_forward_pre_hook(_block_hook('follow', f'{owner[1]}__{attr}'))
-            if _attached(host, attr, kind):
-                reattached.append(block_path)
+        if owner is not None and _register_follow(*owner, attr) and _attached(host, attr, kind):
+            reattached.append(block_path)
         if _attached(host, attr, kind):
             continue
         if kind == 'after':

@@ -58,16 +58,21 @@ def test_cbam_runs_timm_ops(batch):
     assert convolutions == sorted([[batch, 2, size, size]] + [[batch, channels, 1, 1]] * 2 + [[batch, channels // 16, 1, 1]] * 2)
 
 
+def _goal(times: dict, case: str = 'ResNet-50 + CBAM') -> dict:
+    """The goal row `case_row` makes of per-variant round times (every variant has unit costs)."""
+    rounds = len(times['ours'])
+    complexity = {k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
+                  for k in times}
+    memory = {k: dict(peak_mb=1.0, process_peak_mb=1.0) for k in times}
+    timing = dict(times=times, order=[list(times)] * rounds, complexity=complexity)
+    return bench_models.case_row(case, (1, 3, 8, 8), timing, memory, 0)['goal']
+
+
 def test_goal_compares_ours_and_peer_round_by_round():
     """The goal is decided on the per-round ratio ours / peer (median and its 95% interval), not
     on the two medians of ratios to the base: here ours beat the peer in 2 of 3 rounds although its
     median overhead is the larger."""
-    times = dict(base=[1.0, 1.0, 1.0], ours=[1.1, 1.2, 1.3], peer=[1.15, 1.25, 1.0], peer_copy=[1.15, 1.25, 1.0])
-    timing = dict(times=times, order=[list(times)] * 3,
-                  complexity={k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
-                              for k in times})
-    memory = {k: dict(peak_mb=1.0, process_peak_mb=1.0) for k in times}
-    goal = bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+    goal = _goal(dict(base=[1.0, 1.0, 1.0], ours=[1.1, 1.2, 1.3], peer=[1.15, 1.25, 1.0], peer_copy=[1.15, 1.25, 1.0]))
     assert goal['ours_time_overhead'] == pytest.approx(0.2) and goal['peer_time_overhead'] == pytest.approx(0.15)
     assert goal['ours_vs_peer'] == pytest.approx(1.2 / 1.25)
     assert goal['ours_vs_peer_ci'] == pytest.approx([1.1 / 1.15, 1.3 / 1.0])
@@ -78,17 +83,13 @@ def test_goal_compares_ours_and_peer_round_by_round():
     assert line.startswith('INCONCLUSIVE') and 'ours / peer 0.960 per round' in line
     tight = dict(base=[1.0] * 9, ours=[1.0] * 9, peer=[1.0 + 0.001 * i for i in range(9)])
     tight['peer_copy'] = tight['peer']
-    timing = dict(timing, times=tight, order=[list(tight)] * 9)
-    assert bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']['status'] == 'PASS'
-    slower = dict(tight, ours=[1.02] * 9)
-    timing = dict(timing, times=slower)
-    assert bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']['status'] == 'FAIL'
+    assert _goal(tight)['status'] == 'PASS'
+    assert _goal(dict(tight, ours=[1.02] * 9))['status'] == 'FAIL'
     # a tie: the median a little above 1, the interval around 1 and narrow: PASS (identical models
     # would fail half the runs on "median <= 1")
     tie = dict(base=[1.0] * 9, ours=[1.0] * 9, peer=[1.004, 0.996, 1.003, 0.997, 0.999, 1.002, 0.998, 1.001, 0.9995])
     tie['peer_copy'] = tie['peer']
-    timing = dict(timing, times=tie)
-    goal = bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+    goal = _goal(tie)
     assert goal['ours_vs_peer'] > 1 and goal['status'] == 'PASS'
 
 
@@ -98,17 +99,12 @@ def test_goal_fails_only_when_ours_is_slower_than_both_instances_of_the_peer():
     intervals to top out within the tolerance."""
     case = bench_models.MODEL_CASES['ResNet-50 + CBAM']
     assert case['variants']['peer_copy'] == case['variants']['peer']
-    memory = {k: dict(peak_mb=1.0, process_peak_mb=1.0) for k in case['variants']}
-    complexity = {k: dict(params=1, flops_mmengine=1, flops_gates=0, flops=1, blocks={}, uncounted={})
-                  for k in case['variants']}
     rounds = 21
     peer = [1.0] * rounds
     ours = [1.004 + 0.0002 * (i % 5) for i in range(rounds)]                # 0.4-0.5% slower than peer
 
     def goal(copy, ours=ours):
-        times = dict(base=[0.9] * rounds, ours=ours, peer=peer, peer_copy=copy)
-        timing = dict(times=times, order=[list(times)] * rounds, complexity=complexity)
-        return bench_models.case_row('ResNet-50 + CBAM', (1, 3, 8, 8), timing, memory, 0)['goal']
+        return _goal(dict(base=[0.9] * rounds, ours=ours, peer=peer, peer_copy=copy))
 
     # the copy runs as slow as ours: ours is slower than one instance of the peer only
     within = goal([1.003 + 0.0003 * (i % 7) for i in range(rounds)])
@@ -123,6 +119,19 @@ def test_goal_fails_only_when_ours_is_slower_than_both_instances_of_the_peer():
     # 3% slower than one instance, a tie with the other: not a FAIL, but not within the tolerance
     wide = goal([0.97 + 0.0003 * (i % 7) for i in range(rounds)], ours=[0.998 + 0.0004 * (i % 11) for i in range(rounds)])
     assert wide['ours_vs_peer_copy_ci'][1] > 1.02 and wide['status'] == 'INCONCLUSIVE'
+
+
+def test_a_control_below_one_does_not_lower_the_fail_floor():
+    """A copy of the peer measuring faster than the peer must not turn a tie with the peer into a
+    FAIL (FAIL needs ours slower than both instances)."""
+    rounds = 21
+    goal = _goal(dict(base=[0.9] * rounds, peer=[1.0] * rounds,
+                      ours=[0.996 + 0.0004 * (i % 21) for i in range(rounds)],            # 0.996-1.004: a tie
+                      peer_copy=[0.99 + 0.0002 * (i % 5) for i in range(rounds)]), 'ResNet-50 + SE')  # ~1% faster
+    low, high = goal['ours_vs_peer_ci']
+    assert goal['control_ci'][1] < low < 1 < high <= 1.02
+    assert 1 < goal['ours_vs_peer_copy_ci'][0] and goal['ours_vs_peer_copy_ci'][1] <= 1.02
+    assert goal['status'] == 'PASS' and goal['verdict'] == 'slower than one instance of the peer only'
 
 
 def test_median_interval_is_the_binomial_one():

@@ -154,9 +154,8 @@ class FlashSoftmaxAttention(torch.autograd.Function):
     """query (B, Nq, Ck), key (B, Ck, Nk), value (B, Cv, Nk) -> value @ softmax(scale · query @ key)ᵀ,
     (B, Cv, Nq), `chunk` query rows at a time in forward; backward visits blocks of keys with as
     many scores (`BACKWARD_BLOCK_FACTOR` times as many on the CPU in 16-bit dtypes at Ck >= 128),
-    all queries at once, so
-    each block's dK and dV is one matmul written once and
-    only dQ (B, Nq, Ck) is summed over blocks (in float32).
+    all queries at once, so each block's dK and dV is one matmul written once and only dQ
+    (B, Nq, Ck) is summed over blocks (in float32).
 
     Saves Q, K, V (as given where already contiguous in the matmul dtype), O and two float32
     statistics per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In
