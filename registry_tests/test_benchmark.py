@@ -96,6 +96,32 @@ def test_quick_train_benchmark_json(tmp_path):
         assert row['ours_over_peer']['memory'] == pytest.approx(row['ours_peak_mb'] / max(row['peer_peak_mb'], 1e-3))
         assert f"{row['case']}: ours / peer time {row['ours_over_peer']['time']:.2f}x" in stdout
         assert f"ours {row['ceiling']['ours_flops'] / 1e9:.1f} GFLOP" in stdout
+        goal = row['goal']   # issue 12's goal for this row, judged (and marked as --quick)
+        assert (goal['max_time'], goal['max_memory'], goal['quick']) == (1.0, 0.25, True)
+        assert goal['memory'] == row['ours_over_peer']['memory']
+        assert 'goal (issue 12, --quick: tiny shapes, not a measurement): time <= 1.0x' in stdout
+
+
+def test_train_goal_verdict_is_the_interval_of_the_per_round_median():
+    """met only when the 95% interval of the per-round median ours / peer lies at or below the goal, not met
+    when it lies above, else inconclusive; a good ratio of medians does not make it met on its own."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import benchmark
+
+    def row(ratios, memory=0.2):
+        peer = [2.0 + 0.01 * i for i in range(len(ratios))]
+        return dict(ours_time_s=dict(samples=[r * p for r, p in zip(ratios, peer)]), peer_time_s=dict(samples=peer),
+                    ours_over_peer=dict(memory=memory))
+
+    # 15 rounds: the interval runs from the 3rd smallest to the 3rd largest ratio
+    met = benchmark.train_goal(row([0.85] * 13 + [0.97, 0.99]), 0.9, 0.3)   # two slow rounds are allowed
+    assert met['time'] == 'met' and met['memory_verdict'] == 'met'
+    assert met['time_per_round'] == dict(median=pytest.approx(0.85), low=pytest.approx(0.85), high=pytest.approx(0.85))
+    straddling = benchmark.train_goal(row([0.85] * 9 + [0.91] * 6, memory=0.31), 0.9, 0.3)
+    assert straddling['time'] == 'inconclusive' and straddling['memory_verdict'] == 'not met'
+    assert straddling['time_per_round']['median'] == pytest.approx(0.85)   # median below the goal, yet not met
+    assert benchmark.train_goal(row([0.93] * 13 + [0.5, 0.6]), 0.9, 0.3)['time'] == 'not met'
+    assert set(benchmark.TRAIN_GOALS) <= set(benchmark.TRAIN_CASES)
 
 
 @pytest.mark.slow

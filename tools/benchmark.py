@@ -37,7 +37,9 @@ R50-D8 against the same model with mmseg's DAHead: a training iteration (loss, b
 FLOPs (torch's FlopCounterMode: matmuls and convolutions, forward and backward) over the
 throughput of a plain bmm in the same precision, probed in every timed round: the share of the
 machine's matmul speed the step reaches. Train rows also give ours / peer ratios (time and
-memory, < 1 means ours is better), the form of the goals in issue 12.
+memory, < 1 means ours is better), the form of the goals in issue 12; the four block training rows
+run 15 rounds and print each goal's verdict (`train_goal`: the 95% interval of the per-round
+median against the time goal).
 """
 from __future__ import annotations
 
@@ -125,6 +127,13 @@ TRAIN_SEG_CASES = {
                                 (1, 3, 1024, 2048), (1, 3, 64, 128)),
 }
 TRAIN_SCHEDULE = (1, 3)
+# Issue 12's goals for the block training steps: (time, extra memory), ours / peer, at most. The time
+# goal is judged on the per-round ratios ours / peer: met when the 95% interval of their median lies
+# at or below the goal, not met when it lies above, else inconclusive (`train_goal`). 15 rounds give
+# an interval from the 3rd smallest to the 3rd largest ratio (with 7, the whole range).
+TRAIN_GOALS = {'PAM train fp32': (1.0, 0.25), 'PAM train bf16': (0.9, 0.3),
+               'NonLocal2d train fp32': (1.0, 0.25), 'NonLocal2d train bf16': (0.9, 0.3)}
+TRAIN_GOAL_SCHEDULE = (1, 15)
 
 PRELUDE = r"""
 import json, resource, time, torch
@@ -414,7 +423,7 @@ def run_train(args) -> list[dict]:
         seg = name in TRAIN_SEG_CASES
         precision = name.rsplit(' ', 1)[-1]
         assert precision in ('fp32', 'bf16'), name
-        warmup, repeats = schedule(args, TRAIN_SCHEDULE)
+        warmup, repeats = schedule(args, TRAIN_GOAL_SCHEDULE if name in TRAIN_GOALS else TRAIN_SCHEDULE)
         if seg:
             config, peer_head, training, shape, quick_shape = TRAIN_SEG_CASES[name]
             shape = quick_shape if args.quick else shape
@@ -441,8 +450,23 @@ def run_train(args) -> list[dict]:
         row['ours_over_peer'] = dict(time=1 / row['speedup']['ratio'],
                                      memory=mem_ours['peak_mb'] / max(mem_peer['peak_mb'], 1e-3))
         row['ceiling'] = ceiling_info(timing)
+        if name in TRAIN_GOALS:
+            row['goal'] = dict(train_goal(row, *TRAIN_GOALS[name]), quick=args.quick)
         rows.append(row)
     return rows
+
+
+def train_goal(row: dict, max_time: float, max_memory: float) -> dict:
+    """Issue 12's goal for a training row: the per-round time ratios ours / peer (paired by round),
+    their median with its distribution-free 95% interval against `max_time`, and the extra-memory
+    ratio (one measurement per side, each in its own process) against `max_memory`."""
+    import bench_models
+    per_round = [o / p for o, p in zip(row['ours_time_s']['samples'], row['peer_time_s']['samples'])]
+    median, low, high = bench_models.median_ci(per_round)
+    time_verdict = 'met' if high <= max_time else 'not met' if low > max_time else 'inconclusive'
+    memory = row['ours_over_peer']['memory']
+    return dict(max_time=max_time, max_memory=max_memory, time_per_round=dict(median=median, low=low, high=high),
+                time=time_verdict, memory=memory, memory_verdict='met' if memory <= max_memory else 'not met')
 
 
 def print_table(rows: list[dict]) -> None:
@@ -461,6 +485,11 @@ def print_table(rows: list[dict]) -> None:
         if 'ours_over_peer' in r:
             print(f"  {r['case']}: ours / peer time {r['ours_over_peer']['time']:.2f}x, "
                   f"extra memory {r['ours_over_peer']['memory']:.2f}x")
+        if 'goal' in r:
+            g, t = r['goal'], r['goal']['time_per_round']
+            print(f"    goal (issue 12{', --quick: tiny shapes, not a measurement' if g['quick'] else ''}): time <= {g['max_time']}x {g['time'].upper()}: per-round median {t['median']:.3f} "
+                  f"[95% interval {t['low']:.3f}-{t['high']:.3f}] (met: interval top <= goal; not met: bottom > goal); "
+                  f"extra memory <= {g['max_memory']}x {g['memory_verdict'].upper()} ({g['memory']:.2f}x)")
         if 'ceiling' in r:
             c = r['ceiling']
             print(f"    bmm ceiling ({c['bmm_flops_per_s'] / 1e9:.0f} GFLOP/s): ours {c['ours_flops'] / 1e9:.1f} GFLOP "
