@@ -291,6 +291,14 @@ def flash_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                          f"got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
     if chunk < 1:
         raise ValueError(f"flash_softmax_attention: chunk must be >= 1 query rows, got {chunk}")
+    if query.shape[1] == 0:     # no queries: the (empty) dense formula, as SDPA; backward gives zero gradients
+        dtype = _compute_dtype(query, key, value)
+        with torch.autocast(query.device.type, enabled=False):
+            probs = torch.softmax(scale * torch.bmm(query.to(dtype), key.to(dtype)), -1)
+            return torch.bmm(value.to(dtype), probs.transpose(1, 2))
+    if key.shape[2] == 0:
+        raise ValueError(f"flash_softmax_attention: softmax over zero keys is undefined: key (B, Ck, Nk) and value "
+                         f"(B, Cv, Nk) need Nk >= 1, got {tuple(key.shape)}, {tuple(value.shape)}")
     return FlashSoftmaxAttention.apply(query, key, value, float(scale), int(chunk))
 
 

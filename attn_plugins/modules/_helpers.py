@@ -130,6 +130,18 @@ def check_channels(block: str, x: torch.Tensor, channels: int, min_dim: int = 3)
                          f"got ({shape}); set `channels` to the input's channel count")
 
 
+def check_positions(block: str, x: torch.Tensor) -> None:
+    """Raise a clear error when a spatial dim of `x` (B, C, *spatial) is 0: no positions to attend over
+    (as `nn.Conv2d`, which refuses such input). Skipped while tracing; kept in TorchScript."""
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy):
+            return
+    for size in x.shape[2:]:
+        if size == 0:
+            shape = ', '.join([str(s) for s in x.shape])
+            raise ValueError(f"{block}: expected at least one position (every spatial dim >= 1), got input ({shape})")
+
+
 def _softmax_chunk(scores: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """value (B, Cv, Nk) @ softmax(scores (B, Nq, Nk))ᵀ -> (B, Cv, Nq)."""
     return torch.bmm(value, torch.softmax(scores, dim=-1).transpose(1, 2))

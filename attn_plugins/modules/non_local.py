@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _helpers
-from ._helpers import records_attention, HostInit, place, DEFAULT_CHUNK_ELEMENTS, attention, check_channels
+from ._helpers import (records_attention, HostInit, place, DEFAULT_CHUNK_ELEMENTS, attention, check_channels,
+                       check_positions)
 from ._flash import chunked_concat_attention
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
@@ -174,6 +175,7 @@ class NonLocal(HostInit, nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """y = 1/C(x) Σ_j f(x_i, x_j) g(x_j), shaped (B, inter_channels, *spatial)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.input_rank(self.dim))
+        check_positions('NonLocal', x)
         query, key, value = self._features(x)                           # value: B, Ci, Nk
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
             y, attn = attention(query, key, value, self._softmax_scale(query), self.chunk_elements,
@@ -215,6 +217,7 @@ class NonLocal(HostInit, nn.Module):
         dims: for dim=3, query t·H·W + y·W + x, and a row reshaped to the key grid (T, H', W') is
         that query's attention across the frames (sub_sample pools 1x2x2: every frame is kept)."""
         check_channels('NonLocal', x, self.channels, min_dim=self.input_rank(self.dim))
+        check_positions('NonLocal', x)
         query, key = self._pairwise(x)
         query = query[:, queries]
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':

@@ -61,7 +61,7 @@ from typing import Dict, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._helpers import records_attention, HostInit, place, residual_add, resize_to
+from ._helpers import records_attention, HostInit, place, residual_add, resize_to, check_positions
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -151,6 +151,7 @@ class PyramidAttention(HostInit, nn.Module):
             if f.dim() != self.input_rank(self.dim) or f.shape[1] != c:
                 raise ValueError(f"PyramidAttention: input {i} must be (B, {c}, {'T, ' if self.dim == 3 else ''}H, W), "
                                  f"got {tuple(f.shape)}")
+            check_positions(f'PyramidAttention: input {i}', f)
 
     def forward(self, features: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         feats = [features] if isinstance(features, torch.Tensor) else list(features)
