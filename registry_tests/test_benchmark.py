@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,3 +155,34 @@ def test_train_rows_count_the_flops_of_the_whole_step():
         attention = 2 * b * n * n * (3 * c + 4 * 64 + extra)
         convs = 3 * 2 * b * n * c * (64 + 64 + c)
         assert scope['step_flops'](eval(ours, scope), scope['x']) == attention + convs, name
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_sdpa_rows_compare_the_same_attention_against_sdpas_fused_kernel(training):
+    """The 'SDPA attention' rows (issue 12: SDPA where it has a fused kernel, decided by measurement):
+    ours and the peer compute the same function of the input, and the peer runs SDPA's fused CPU flash
+    kernel (forward and backward), not its N x N math fallback."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import benchmark
+    from torch.profiler import profile
+
+    name = f"SDPA attention {'train' if training else 'infer'} fp32"
+    ours, peer_import, peer, _, shape = benchmark.TRAIN_CASES[name]
+    scope = {}
+    exec(benchmark.PRELUDE.format(threads=1, imports=benchmark.BLOCK_IMPORTS.format(peer_import=peer_import),
+                                  shape=shape) + benchmark.TRAIN_HELPERS, scope)
+    x = scope['x'].requires_grad_()
+    ours_block, peer_block = (eval(f.split('(', 1)[1].rsplit(',', 1)[0], scope) for f in (ours, peer))
+    outputs, grads = [], []
+    for block in (ours_block, peer_block):
+        out = block(x)
+        outputs.append(out.detach())
+        grads.append(torch.autograd.grad(out.square().sum(), x)[0])
+    assert outputs[0].shape == (shape[0], shape[1] // 3, shape[2] * shape[3])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    with profile() as prof:
+        eval(peer, scope)(x)
+    ops = {event.key for event in prof.key_averages()}
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in ops, sorted(o for o in ops if 'attention' in o)
+    assert ('aten::_scaled_dot_product_flash_attention_for_cpu_backward' in ops) == training

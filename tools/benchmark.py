@@ -114,6 +114,21 @@ TRAIN_CASES = {
                               'infer_step(NonLocal2d(c), False)', (1, 512, 128, 256), (1, 16, 48, 48)),
     'NonLocal2d infer bf16': ('infer_step(NonLocal(c, norm=False), True)', MMCV_NL,
                               'infer_step(NonLocal2d(c), True)', (1, 512, 128, 256), (1, 16, 48, 48)),
+    # The attention function alone, ours against F.scaled_dot_product_attention (issue 12: use SDPA where
+    # it has a fused kernel for the shapes, decided by measurement): NonLocal's shapes, Ck = Cv = 256
+    # (the input's three channel thirds as Q, K, V), where the CPU has SDPA's fused flash kernel.
+    'SDPA attention train fp32': ('train_step(AttentionOnly(ours_attention, c // 3, c // 3), False)', '',
+                                  'train_step(AttentionOnly(sdpa_attention, c // 3, c // 3), False)',
+                                  (2, 768, 64, 128), (1, 48, 48, 48)),
+    'SDPA attention train bf16': ('train_step(AttentionOnly(ours_attention, c // 3, c // 3), True)', '',
+                                  'train_step(AttentionOnly(sdpa_attention, c // 3, c // 3), True)',
+                                  (2, 768, 64, 128), (1, 48, 48, 48)),
+    'SDPA attention infer fp32': ('infer_step(AttentionOnly(ours_attention, c // 3, c // 3), False)', '',
+                                  'infer_step(AttentionOnly(sdpa_attention, c // 3, c // 3), False)',
+                                  (1, 768, 128, 256), (1, 48, 48, 48)),
+    'SDPA attention infer bf16': ('infer_step(AttentionOnly(ours_attention, c // 3, c // 3), True)', '',
+                                  'infer_step(AttentionOnly(sdpa_attention, c // 3, c // 3), True)',
+                                  (1, 768, 128, 256), (1, 48, 48, 48)),
 }
 # Whole DANet R50-D8 (suite 'train'): name -> (ours config, peer decode head, training?, shape, quick
 # shape). A training iteration is loss (decode + auxiliary heads on random Cityscapes labels),
@@ -134,6 +149,7 @@ TRAIN_SCHEDULE = (1, 3)
 TRAIN_GOALS = {'PAM train fp32': (1.0, 0.25), 'PAM train bf16': (0.9, 0.3),
                'NonLocal2d train fp32': (1.0, 0.25), 'NonLocal2d train bf16': (0.9, 0.3)}
 TRAIN_GOAL_SCHEDULE = (1, 15)
+SDPA_SCHEDULE = (1, 5)
 
 PRELUDE = r"""
 import json, resource, time, torch
@@ -208,6 +224,22 @@ def step_flops(step, inp):
     with FlopCounterMode(display=False) as counter:
         step(inp)
     return counter.get_total_flops()
+class AttentionOnly(torch.nn.Module):
+    # the attention function alone on channel groups of the input (B, C, H, W): Q and K the first two
+    # groups of `qk` channels, V the last `v` channels; softmax scale 1 / sqrt(qk)
+    def __init__(self, fn, qk, v):
+        super().__init__()
+        self.fn, self.qk, self.v = fn, qk, v
+    def forward(self, x):
+        f = x.flatten(2)
+        return self.fn(f[:, :self.qk], f[:, self.qk:2 * self.qk], f[:, -self.v:], self.qk ** -0.5)
+def ours_attention(q, k, v, scale):   # (B, C, N) each -> (B, Cv, N)
+    from attn_plugins.modules._helpers import softmax_attention
+    return softmax_attention(q.transpose(1, 2), k, v, scale)
+def sdpa_attention(q, k, v, scale):   # the same in SDPA's (B, heads, N, C) layout, one head, contiguous
+    # (its fused CPU kernel takes only a contiguous last dimension, else it runs the N x N math path)
+    q, k, v = (t.transpose(1, 2).contiguous().unsqueeze(1) for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1).transpose(1, 2)
 class Ceiling:
     # one plain bmm in the step's precision: the machine's matmul throughput (the best of 3 calls)
     def __init__(self, dtype):
@@ -423,7 +455,8 @@ def run_train(args) -> list[dict]:
         seg = name in TRAIN_SEG_CASES
         precision = name.rsplit(' ', 1)[-1]
         assert precision in ('fp32', 'bf16'), name
-        warmup, repeats = schedule(args, TRAIN_GOAL_SCHEDULE if name in TRAIN_GOALS else TRAIN_SCHEDULE)
+        warmup, repeats = schedule(args, TRAIN_GOAL_SCHEDULE if name in TRAIN_GOALS else
+                                   SDPA_SCHEDULE if name.startswith('SDPA ') else TRAIN_SCHEDULE)
         if seg:
             config, peer_head, training, shape, quick_shape = TRAIN_SEG_CASES[name]
             shape = quick_shape if args.quick else shape
