@@ -431,20 +431,28 @@ def load_config(path: str, overrides: Sequence[str] | Mapping[str, Any] | None =
     return cfg
 
 
+def is_inject_attention(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether a model config builds `InjectAttention` (whose `plugins` key is its own argument)."""
+    return model_cfg.get('type') in ('InjectAttention', 'attn_plugins.InjectAttention')
+
+
 def build_model(model_cfg: Mapping[str, Any], example_input=None):
     """Build `model:` from a config: 'timm/<name>' goes through timm, anything else through
-    mmengine's MODELS; a `plugins:` list (injector specs) is applied afterwards."""
+    mmengine's MODELS; a `plugins:` list (injector specs) is applied afterwards (InjectAttention's own
+    `plugins` are its argument)."""
     cfg = dict(model_cfg)
-    plugins = cfg.pop('plugins', None)
+    plugins = None if is_inject_attention(cfg) else cfg.pop('plugins', None)
     model_type = cfg.get('type')
     if not isinstance(model_type, str):
         raise ConfigError(f"model.type: expected a model name such as 'timm/resnet50', got {model_type!r}")
-    if model_type.startswith('timm/'):
-        from .integrations.timm import create_model
-        cfg.pop('type')
-        return create_model(model_type[len('timm/'):], plugins=plugins, example_input=example_input, **cfg)
-    from .integrations.mmengine import inject_attention
-    try:
-        return inject_attention(cfg, plugins or [], example_input=example_input)
-    except KeyError as err:
-        raise ConfigError(f"model.type: {err}") from None
+    from .injector import config_keys
+    with config_keys(model_cfg, 'model'):           # spec errors name their config key
+        if model_type.startswith('timm/'):
+            from .integrations.timm import create_model
+            cfg.pop('type')
+            return create_model(model_type[len('timm/'):], plugins=plugins, example_input=example_input, **cfg)
+        from .integrations.mmengine import inject_attention
+        try:
+            return inject_attention(cfg, plugins or [], example_input=example_input)
+        except KeyError as err:
+            raise ConfigError(f"model.type: {err}") from None

@@ -55,6 +55,8 @@ blocks that would not run.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import difflib
 import fnmatch
@@ -537,15 +539,49 @@ def _place_like(block: nn.Module, *hosts: nn.Module) -> nn.Module:
 AFTER_INJECT: list = []
 
 
+# (config key, spec list) of every `plugins` list of the config whose model is being built (`config_keys`)
+_CONFIG_KEYS: contextvars.ContextVar[tuple] = contextvars.ContextVar('attn_plugins_config_keys', default=())
+
+
+@contextlib.contextmanager
+def config_keys(cfg: Any, key: str = 'model'):
+    """While a model is built from the config node `cfg` (at `key`), errors of `inject` name the config key of
+    the spec list they come from ('model.backbone.plugins[1]'), found by value; 'plugins[1]' elsewhere."""
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, Mapping):
+            for name, value in node.items():
+                if name == 'plugins':
+                    found.append((f'{path}.plugins', value))
+                walk(value, f'{path}.{name}')
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f'{path}.{i}')
+    walk(cfg, key)
+    token = _CONFIG_KEYS.set(_CONFIG_KEYS.get() + tuple(found))
+    try:
+        yield
+    finally:
+        _CONFIG_KEYS.reset(token)
+
+
+def _specs_key(plugins) -> str:
+    """The config key holding the spec list `plugins` (`config_keys`); 'plugins' when none or several do."""
+    keys = {key for key, specs in _CONFIG_KEYS.get() if specs == plugins}
+    return keys.pop() if len(keys) == 1 else 'plugins'
+
+
 def inject(model: nn.Module, plugins: Sequence[Mapping[str, Any]] | Mapping[str, Any], example_input=None) -> nn.Module:
     """Insert blocks into `model` (in place) and return it; see the module docstring for specs."""
+    key = _specs_key(plugins)
     if isinstance(plugins, Mapping):
         plugins = [plugins]
     if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
-        raise ConfigError(f"plugins: expected a list of specs (mappings with 'type' and 'where'), got {plugins!r}")
+        raise ConfigError(f"{key}: expected a list of specs (mappings with 'type' and 'where'), got {plugins!r}")
     report: list[Insertion] = list(getattr(model, 'attn_plugins_report', []))
     for idx, spec in enumerate(plugins):
-        where = f'plugins[{idx}]'
+        where = f'{key}[{idx}]'
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}: expected a mapping with 'type' and 'where', got {spec!r}")
         block_cls = get_block(spec.get('type'), f'{where}.type')

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .checkpoint import (allow_mmengine_checkpoints, convert_checkpoint_file, load_checkpoint_file,
                          load_state_dict_file, state_dict_mismatch)
-from .config import load_config
+from .config import is_inject_attention, load_config
 from .registry import ConfigError, RunFailed
 
 
@@ -88,7 +88,7 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
         raise ConfigError(f"{config}: {err}") from None
     model_cfg = cfg.get('model')
     if (isinstance(model_cfg, dict) and model_cfg.get('plugins') is not None
-            and not str(model_cfg.get('type', '')).startswith('timm/')):
+            and not str(model_cfg.get('type', '')).startswith('timm/') and not is_inject_attention(model_cfg)):
         # `model.plugins` (injector specs) on an mmengine model: built as `config.build_model` (and
         # so `attn-plugins plan`) builds it; the model class itself takes no `plugins` argument
         module = {k: v for k, v in model_cfg.items() if k != 'plugins'}
@@ -96,8 +96,10 @@ def build_runner(config: str, work_dir: str | None = None, cfg_options: Sequence
             module.setdefault('data_preprocessor', cfg.data_preprocessor)
             cfg.data_preprocessor = None
         cfg.model = dict(type='InjectAttention', module=module, plugins=model_cfg['plugins'])
+    from .injector import config_keys
     try:
-        runner = Runner.from_cfg(cfg)
+        with config_keys(model_cfg, 'model'):       # spec errors name their config key, as in `attn-plugins plan`
+            runner = Runner.from_cfg(cfg)
     except TypeError as err:        # a config option the class does not take (mmengine names the class)
         if not re.search(r"unexpected keyword argument|required (keyword-only |positional )?argument", str(err)):
             raise
