@@ -56,3 +56,23 @@ def test_wide_bf16_blocks_match_fp32_at_uneven_sizes(monkeypatch):
     _, narrow, blocks = bf16_grads()
     assert blocks == [1] + [6] * 6, blocks
     torch.testing.assert_close(grads[0], narrow[0], rtol=0.02, atol=0.02 * narrow[0].abs().max().item())
+
+
+def test_each_score_block_sees_one_exp_and_one_multiply():
+    """README ('Speed and memory'): the row max and rowsum(dO ∘ O) enter the backward matmuls, so
+    besides its products a key block of scores sees one exp and one multiply (fp32 and bf16)."""
+    batch, nq, nk, ck, cv = 2, 23, 19, 5, 8          # 6-query chunks: key blocks of 6 · 19 // 23 = 4 keys
+    gen = torch.Generator().manual_seed(9)
+    for dtype in (torch.float32, torch.bfloat16):
+        query = torch.randn(batch, nq, ck, generator=gen).requires_grad_()
+        key = torch.randn(batch, ck, nk, generator=gen).requires_grad_()
+        value = torch.randn(batch, cv, nk, generator=gen).requires_grad_()
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
+            out = flash_softmax_attention(query, key, value, 0.5, chunk=6)
+        with OpLog() as log:
+            out.backward(torch.randn(out.shape, dtype=out.dtype, generator=gen))
+        on_blocks = [name for name, _, shape in log.calls
+                     if shape is not None and len(shape) == 3 and shape[:2] == (batch, nq) and shape[2] in (3, 4)
+                     and name not in ('bmm', 'view')]
+        per_block = ['exp2_' if dtype == torch.float32 else 'exp_', 'mul_']
+        assert on_blocks == per_block * 5, (dtype, on_blocks)        # blocks of 4, 4, 4, 4, 3 keys
