@@ -2,8 +2,8 @@
 pass (counted with saved-tensor hooks) stays far below one N x N map in every mode, and the
 output and gradients equal the dense formula (the `record_attention` path, which keeps the map).
 
-Checkpointed chunks keep references to their inputs (views of O(N·C) tensors that exist anyway)
-outside the hooks; everything else autograd saves is counted, by unique storage. Float64, so
+The chunked paths run in `_flash`'s autograd functions, which save their inputs, output and
+per-query statistics through the same hooks: everything autograd saves is counted, by unique storage. Float64, so
 that the chunked and dense gradients agree to rounding (in fp32 some, e.g. a key bias under a
 softmax, are 0 in exact arithmetic and differ by noise)."""
 import pytest
@@ -83,7 +83,7 @@ def test_training_keeps_far_less_than_one_n_by_n_map(name):
 
 @pytest.mark.parametrize('mode', m.non_local.MODES)
 def test_sub_sampled_nonlocal_stays_bounded(mode, force_chunks):
-    """With sub-sampling (N/4 keys) every mode also chunks and checkpoints once past the dense limit."""
+    """With sub-sampling (N/4 keys) every mode also chunks (and recomputes its chunks in backward) past the dense limit."""
     block = activate(m.NonLocal(8, mode=mode, sub_sample=True, chunk_elements=N * N // 64)).double().train()
     x = torch.randn(1, 8, SIDE, SIDE, dtype=torch.float64, requires_grad=True)
     _, _, nbytes = run(block, x)
