@@ -113,8 +113,12 @@ def _dataset_sample(cfg, index: int):
     if dataset_cfg is None:
         raise ConfigError("--sample: the config has no test_dataloader.dataset or val_dataloader.dataset; "
                           "pass --image instead")
-    with DATASETS.switch_scope_and_registry(None) as registry:
-        dataset = registry.build(dataset_cfg)
+    try:
+        with DATASETS.switch_scope_and_registry(None) as registry:
+            dataset = registry.build(dataset_cfg)
+    except FileNotFoundError as err:       # OpenMMLab datasets: a bare '[Errno 2] ...' naming no config key
+        raise ConfigError(f"--sample {index}: {loader}.dataset could not be read ({err}); point it at the data, "
+                          f"e.g. --cfg-options {loader}.dataset.data_root=PATH, or pass --image") from None
     if not 0 <= index < len(dataset):
         raise ConfigError(f"--sample {index}: {loader}.dataset has {len(dataset)} samples (0 to {len(dataset) - 1})")
     return dataset[index], f"sample {index} of {loader}.dataset"
@@ -127,10 +131,19 @@ def _image_sample(cfg, path: str):
                 if 'LoadAnnotations' not in str(t.get('type', ''))]
     if not pipeline:
         return None
-    try:
-        data = Compose(pipeline)(dict(img_path=path))
-    except (AssertionError, OSError, ValueError) as err:      # mmcv: 'failed to load image: ...'
-        raise ConfigError(f"--image {path!r}: the test pipeline could not read it ({type(err).__name__}: {err})") from None
+    loader, _ = _pipeline_cfg(cfg)
+    data = dict(img_path=path)
+    for transform in Compose(pipeline).transforms:
+        try:
+            data = transform(data)
+        except KeyError as err:     # a step that needs what the dataset gives (CIFAR's array, a clip's frames)
+            raise ConfigError(f"--image {path!r}: the test pipeline of {loader}.dataset cannot run on an image "
+                              f"file alone ({type(transform).__name__} needs {err} from the dataset); pass "
+                              "--sample N (sample N of the config's dataset) instead") from None
+        except (AssertionError, OSError, ValueError) as err:      # mmcv: 'failed to load image: ...'
+            raise ConfigError(f"--image {path!r}: the test pipeline could not read it ({type(err).__name__}: {err})") from None
+        if data is None:            # as Compose: a transform that drops the sample ends the pipeline
+            break
     return data, f"{path} through the test pipeline"
 
 
