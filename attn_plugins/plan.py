@@ -318,7 +318,7 @@ def _reports(model: nn.Module) -> dict[str, Any]:
 
 
 def _via(model: nn.Module, path: str, reports: dict) -> str:
-    """How the block got there: an injection spec, an OpenMMLab plugin, or part of its parent."""
+    """How the block got there: an injection spec, an OpenMMLab plugin, an AttentionNeck, or part of its parent."""
     if path in reports:
         prefix, record = reports[path]
         host = record.path if record.path != '.' else ''
@@ -329,6 +329,10 @@ def _via(model: nn.Module, path: str, reports: dict) -> str:
     for attr, names in vars(parent).items():         # mmcv ResNet plugins: after_conv3_plugin_names, ...
         if attr.endswith('_plugin_names') and isinstance(names, (list, tuple)) and name in names:
             return f"plugin {attr[:-len('_plugin_names')]} of {type(parent).__name__}"
+    placement = getattr(parent, 'placement', None)     # AttentionNeck's blocks run on backbone outputs, before the neck
+    if callable(placement) and name.isdigit():
+        neck = model.get_submodule(parent_path.rpartition('.')[0]) if '.' in parent_path else model
+        return f"{placement(int(name))}, before {type(neck).__name__}"
     while parent_path and isinstance(parent, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
         parent_path = parent_path.rpartition('.')[0]          # the model part that holds the container
         parent = model.get_submodule(parent_path) if parent_path else model

@@ -114,6 +114,13 @@ class AttentionBlocks(nn.ModuleList):
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, levels={self.levels}, targets={self.targets}"
 
+    def placement(self, index: int) -> str:
+        """Where block `index` runs, for `attn-plugins plan`: the backbone outputs it reads (and replaces)."""
+        levels, target = self.levels[index], self.targets[index]
+        if target >= 0:
+            return f"AttentionNeck on backbone outputs {levels} -> {target}"
+        return f"AttentionNeck on backbone output {levels[0]}"
+
     def init_weights(self) -> None:
         for block in self:
             if isinstance(block, HostInit):
