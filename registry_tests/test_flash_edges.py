@@ -2,6 +2,7 @@
 per chunk (backward's key blocks clamped to one key), and the values of the wide bf16 backward
 (`BACKWARD_BLOCK_FACTOR` x a chunk's scores at Ck >= `WIDE_BLOCKS_MIN_QK`, dQ widened `WIDEN_ROWS`
 queries at a time) at sizes where no block, chunk or row group divides evenly."""
+import pytest
 import torch
 
 from attn_plugins.modules import _flash
@@ -76,3 +77,30 @@ def test_each_score_block_sees_one_exp_and_one_multiply():
                      and name not in ('bmm', 'view')]
         per_block = ['exp2_' if dtype == torch.float32 else 'exp_', 'mul_']
         assert on_blocks == per_block * 5, (dtype, on_blocks)        # blocks of 4, 4, 4, 4, 3 keys
+
+
+@pytest.mark.xfail(strict=True, reason="known (review of #12): under bf16 the forward's P is exp(round(S) - m) and the "
+                   "backward's exp(round(S - m)) (-m enters the matmul), so with a spread of scores the recomputed P "
+                   "departs from the forward's; reproducing the forward's rounding (scores product, then - m in bf16) "
+                   "gives the dense formula's error at one more pass per key block")
+def test_bf16_gradients_as_close_as_the_dense_formula_with_spread_scores():
+    """Scores of std 10 (a peaked softmax, as in an unscaled PAM): the mean error of every gradient
+    under bf16 autocast against float64, ours / the dense formula's under the same autocast. Measured:
+    dQ 1.6-1.8x, dK 1.4-1.6x, dV 2.5-3.1x (std 30: dV 6-8x); with the forward's rounding 1.0-1.16x."""
+    gen = torch.Generator().manual_seed(0)
+    n, ck, cv = 256, 64, 32
+    query = (torch.randn(1, n, ck, generator=gen) * (10 / ck ** 0.5)).requires_grad_()
+    key = torch.randn(1, ck, n, generator=gen).requires_grad_()
+    value = torch.randn(1, cv, n, generator=gen).requires_grad_()
+    grad = torch.randn(1, cv, n, generator=gen)
+    exact = torch.autograd.grad(dense(query.double(), key.double(), value.double(), 1.0), (query, key, value),
+                                grad.double())
+    errors = []
+    for attend in (lambda: flash_softmax_attention(query, key, value, 1.0, chunk=64),
+                   lambda: dense(query, key, value, 1.0)):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = attend()
+        grads = torch.autograd.grad(out, (query, key, value), grad.to(out.dtype))
+        errors.append([((g.double() - e).abs().mean() / e.abs().mean()).item() for g, e in zip(grads, exact)])
+    ratios = [ours / theirs for ours, theirs in zip(*errors)]
+    assert max(ratios) <= 1.3, dict(zip(('dQ', 'dK', 'dV'), ratios))
