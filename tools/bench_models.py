@@ -17,7 +17,9 @@ GOAL_TOLERANCE (2% of the model's time) slower than either at the intervals' top
 process, peak RSS of the forward minus RSS before it (after a smaller warm-up forward where the
 model allows one).
 
-Cases (`MODEL_CASES`; other suites add theirs with `register_model_case`, e.g. the detectors):
+Cases (`MODEL_CASES`; other modules may add theirs with `register_model_case`; the detectors have
+none here: they run in suite 'det', tools/bench_det.py, time and memory against the detector
+without attention, and `attn-plugins plan` gives their parameters and FLOPs):
     ResNet-50 + SE        every bottleneck, after bn3 (ours: injector) | timm seresnet50
     ResNet-50 + CBAM      every bottleneck, after bn3 (ours: injector) | timm resnet50, attn_layer='cbam'
     ResNet-50 + NonLocal  5 blocks, res3 [1,3] and res4 [1,3,5] (the paper's) | mmcv NonLocal2d there
