@@ -242,8 +242,8 @@ def _example_input(cfg_node) -> list | None:
 
 def default_input_shape(cfg, model: nn.Module) -> tuple[tuple[int, ...], str]:
     """The input shape (without batch) a config implies, and where it came from: the data
-    preprocessor's size, the model's `input_size`, an `example_input`, the test pipeline's last crop
-    or resize, timm's input size, else 3x224x224. Video models (data preprocessor format 'NCTHW')
+    preprocessor's size, the model's `input_size`, the test pipeline's last crop or resize, an
+    `example_input`, timm's input size, else 3x224x224. Video models (data preprocessor format 'NCTHW')
     get (clips=1, C, T, H, W)."""
     model_cfg = cfg.get('model') or {}
     pre = model_cfg.get('data_preprocessor') or {}
@@ -254,13 +254,13 @@ def default_input_shape(cfg, model: nn.Module) -> tuple[tuple[int, ...], str]:
         return (3, *_pair(pre['size'])), 'model.data_preprocessor.size'
     if _pair(model_cfg.get('input_size')):
         return (3, *_pair(model_cfg['input_size'])), 'model.input_size'
-    example = _example_input(model_cfg)
+    if pipeline:            # what the model sees at test time (a full Kinetics config: 32x256x256 clips)
+        (height, width), _, source = pipeline
+        return ((1, 3, clip_len, height, width) if video else (3, height, width)), source
+    example = _example_input(model_cfg)     # InjectAttention's probing input: for pipelines without a size
     if example:
         shape = tuple(example[1:])
         return ((1, *shape) if video and len(shape) == 4 else shape), 'the example_input in model'
-    if pipeline:
-        (height, width), _, source = pipeline
-        return ((1, 3, clip_len, height, width) if video else (3, height, width)), source
     input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
     if input_size:
         return tuple(int(s) for s in input_size), "timm's pretrained_cfg input_size"
