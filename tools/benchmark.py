@@ -596,6 +596,8 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
         parser.error(f'--repeats: expected >= 1, got {args.repeats}')
     if args.mem_limit_gb is not None and args.mem_limit_gb <= 0:
         parser.error(f'--mem-limit-gb: expected > 0, got {args.mem_limit_gb}')
+    if args.threads < 1:
+        parser.error(f'--threads: expected >= 1, got {args.threads}')
     if args.readme:
         if args.suite or args.paper:
             parser.error('--readme JSON only writes README from an existing JSON; run the benchmark first')
