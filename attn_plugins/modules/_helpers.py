@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._flash import flash_softmax_attention
+from ._flash import _compute_dtype, flash_softmax_attention
 
 # Elements of one query chunk's score matrix (chunk x N_keys); 2**24 floats = 64 MiB in fp32.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -36,6 +36,8 @@ def make_divisible(value: float, divisor: int = 1, min_value: int | None = None,
 def reduced_channels(channels: int, reduction: float, rd_divisor: int = 1) -> int:
     """Hidden width of a squeeze MLP: C // r as in the authors' code (divisor 1), else rounded to
     a multiple of `rd_divisor` as timm does."""
+    if not reduction > 0:
+        raise ValueError(f"reduction: expected > 0, got {reduction!r}")
     if rd_divisor <= 1:
         return max(1, int(channels // reduction))
     return make_divisible(channels / reduction, rd_divisor, round_limit=0.)
@@ -217,11 +219,13 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     if not torch.jit.is_scripting():
         on_cuda = query.is_cuda
-        if on_cuda and not (torch.jit.is_tracing() or _exporting()):
-            fused = _fused_cuda_attention(query, key, value, scale)
+        if not (torch.jit.is_tracing() or _exporting()):
+            fused = _fused_cuda_attention(query, key, value, scale) if on_cuda else \
+                _fused_cpu_attention(query, key, value, scale)
             if fused is not None:
                 return fused
-            chunk_elements = max(chunk_elements, CUDA_CHUNK_ELEMENTS)
+            if on_cuda:
+                chunk_elements = max(chunk_elements, CUDA_CHUNK_ELEMENTS)
         if needs_grad and not use_dense(num_queries, num_keys):
             flash_elements = chunk_elements if on_cuda else min(chunk_elements, FLASH_CHUNK_ELEMENTS)
             return flash_softmax_attention(query, key, value, scale, chunk_rows(num_queries, flash_elements // num_keys))
@@ -269,6 +273,38 @@ def _fused_cuda_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
         _NO_FUSED_KERNEL.add(signature)     # "no available kernel": remember, do not retry every call
         return None
     return out.squeeze(1).transpose(1, 2)   # (B, C, Nq), like ours
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Ours (B, Nq, Ck), (B, Ck, Nk), (B, Cv, Nk) in SDPA's contiguous (B, 1, N, C) layout (its fused
+    kernels take no other last-dimension stride) -> (B, Cv, Nq) like ours."""
+    out = F.scaled_dot_product_attention(query.contiguous().unsqueeze(1), key.transpose(1, 2).contiguous().unsqueeze(1),
+                                         value.transpose(1, 2).contiguous().unsqueeze(1), scale=scale)
+    return out.squeeze(1).transpose(1, 2)
+
+
+def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         scale: float) -> Optional[torch.Tensor]:
+    """On the CPU in float32 with Ck == Cv (the non-local shapes), `F.scaled_dot_product_attention`'s
+    fused flash kernel (it keeps one log-sum-exp per query, no N x N map), else None (ours runs).
+    Decided by measurement (`tools/benchmark.py --suite train --only SDPA`): in float32 its kernel
+    beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
+    Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
+    Ck != Cv (PAM) the CPU has only SDPA's N x N math path."""
+    if key.shape[1] != value.shape[1] or _compute_dtype(query, key, value) != torch.float32:
+        return None
+    signature = (query.dtype, key.dtype, value.dtype, query.shape[-1])
+    if signature in _NO_FUSED_KERNEL:
+        return None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return _sdpa(query, key, value, scale)
+    except RuntimeError as err:
+        if isinstance(err, torch.OutOfMemoryError):
+            raise
+        _NO_FUSED_KERNEL.add(signature)
+        return None
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, chunk_elements: int,
