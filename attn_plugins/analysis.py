@@ -52,6 +52,10 @@ _REDUCTIONS = {'sum', 'mean', 'amax', 'amin', 'max', 'min', 'var', 'std', 'var_m
 _OPS_PER_ELEMENT = {'addcmul': 2, 'addcdiv': 2, 'lerp': 3, 'norm': 2, 'linalg_vector_norm': 2,
                     'var': 4, 'std': 4, 'var_mean': 4, 'std_mean': 4}
 _SOFTMAX = {'_softmax', '_log_softmax', 'softmax', 'log_softmax'}
+# F.scaled_dot_product_attention's fused kernels, (B, H, N, C) inputs: counted as the formula they
+# compute (scale, Q Kᵀ, softmax, P V), what the same attention costs on our chunked path
+_FUSED_ATTENTION = {'_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
+                    '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention'}
 _BATCH_NORM = {'native_batch_norm', '_native_batch_norm_legit', '_native_batch_norm_legit_no_training',
                '_batch_norm_with_update', '_batch_norm_no_update', 'batch_norm'}
 _NORMS = {'native_group_norm', 'native_layer_norm', 'group_norm', 'layer_norm', 'instance_norm'}
@@ -77,7 +81,8 @@ _FREE = {
     'to', 'narrow', 'split_copy', 'view_as_real', 'view_as_complex', 'col2im', 'im2col', 'mean_backward',
     'unflatten', 'flatten', 'expand_as', 'movedim', 'unsafe_split', 'unsafe_chunk', 'linspace',
     'bucketize', 'searchsorted', 'masked_select', 'one_hot', 'embedding', 'zero', 'normal', 'uniform', 'bernoulli', 'set',
-    'resize', 'exponential', 'random', 'lift_fresh_copy', 'scalar_tensor', 'stride', 'size', 'numel', 'dim'}
+    'resize', 'exponential', 'random', 'lift_fresh_copy', 'scalar_tensor', 'stride', 'size', 'numel', 'dim',
+    'promote_types', 'result_type'}
 
 
 def _numel(value) -> int:
@@ -115,6 +120,12 @@ def op_cost(name: str, args: tuple, kwargs: dict, out) -> tuple[int, int] | None
         return 0, _numel(first) * _OPS_PER_ELEMENT.get(name, 1)
     if name in _SOFTMAX:
         return 0, SOFTMAX_FLOPS_PER_ELEMENT * _numel(first)
+    if name in _FUSED_ATTENTION:
+        query, key, value = args[:3]
+        scores = math.prod(query.shape[:-1]) * key.shape[-2]
+        scale = kwargs.get('scale')
+        scaling = 0 if scale == 1.0 else query.numel()           # None: the default 1 / sqrt(C)
+        return scores * (query.shape[-1] + value.shape[-1]), SOFTMAX_FLOPS_PER_ELEMENT * scores + scaling
     if name in _BATCH_NORM:
         affine = len(args) > 1 and isinstance(args[1], torch.Tensor)
         training = name in ('_batch_norm_with_update',) or (
