@@ -19,10 +19,19 @@ def _seed():
 
 @pytest.fixture
 def force_chunks(monkeypatch):
-    """Make every attention take the chunked path (inputs below DENSE_LIMIT_ELEMENTS are computed
-    densely whatever `chunk_elements` says). Set the chunk size with `blocks_zoo.set_chunk_rows`."""
+    """Make every attention take our chunked path (inputs below DENSE_LIMIT_ELEMENTS are computed
+    densely whatever `chunk_elements` says; float32 with Ck == Cv would run in SDPA's fused CPU kernel).
+    Set the chunk size with `blocks_zoo.set_chunk_rows`."""
     from attn_plugins.modules import _helpers
     monkeypatch.setattr(_helpers, 'DENSE_LIMIT_ELEMENTS', 0)
+    monkeypatch.setattr(_helpers, 'CPU_SDPA', False)
+
+
+@pytest.fixture
+def ours_attention(monkeypatch):
+    """Our attention (dense below DENSE_LIMIT_ELEMENTS, chunked above), never SDPA's fused CPU kernel."""
+    from attn_plugins.modules import _helpers
+    monkeypatch.setattr(_helpers, 'CPU_SDPA', False)
 
 
 class BmmSpy:

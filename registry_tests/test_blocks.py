@@ -64,7 +64,7 @@ def test_chunked_equals_dense_formula(name, force_chunks, bmm_spy):
 
 @pytest.mark.parametrize('block', [m.PositionAttention(8), m.NonLocal(8), m.NonLocal(8, mode='concatenation')],
                          ids=lambda b: getattr(b, 'mode', type(b).__name__))
-def test_chunks_above_the_real_dense_limit(block, bmm_spy):
+def test_chunks_above_the_real_dense_limit(block, bmm_spy, ours_attention):
     """No monkeypatching: 46x46 positions give 2116² score elements, above DENSE_LIMIT_ELEMENTS."""
     from attn_plugins.modules import _helpers
     block = activate(block).eval()

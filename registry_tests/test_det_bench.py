@@ -39,7 +39,7 @@ def test_chunk_rows_bounded_balanced_aligned(num_queries, max_rows):
             assert math.ceil(num_queries / rows) == math.ceil(num_queries / max_rows)
 
 
-def test_res4_chunks_of_a_detector_image_are_aligned(bmm_spy):
+def test_res4_chunks_of_a_detector_image_are_aligned(bmm_spy, ours_attention):
     """Inference at 50x84 (N = 4200): two chunks of 2112 and 2088 rows, not 3994 and 206; the result
     is the dense formula's."""
     block = NonLocal(16).eval()
@@ -54,7 +54,7 @@ def test_res4_chunks_of_a_detector_image_are_aligned(bmm_spy):
     torch.testing.assert_close(out, dense, rtol=1e-4, atol=1e-5)
 
 
-def test_res4_training_chunks_are_aligned(bmm_spy):
+def test_res4_training_chunks_are_aligned(bmm_spy, ours_attention):
     """Under autograd (the flash path, 2**22 // 4200 = 998 rows at most) the chunks are 864 rows and
     a rest, not 998."""
     block = NonLocal(16).train()
@@ -100,11 +100,19 @@ def test_det_bench_nonlocal_pairs_have_the_same_layers():
 
 
 @pytest.mark.parametrize('norm', [True, False], ids=['bn', 'no-bn'])
-def test_res4_nonlocal_flops_equal_mmcv(norm):
+@pytest.mark.parametrize('cpu_sdpa', [False, True], ids=['ours', 'sdpa'])
+def test_res4_nonlocal_flops_equal_mmcv(norm, cpu_sdpa, monkeypatch):
     """At the res4 shape of a 800x1333 image ours and mmcv's NonLocal2d (same norm) count the same
-    matrix FLOPs (ours runs θ, φ and g as one bmm): no extra matrix work there, chunked or not."""
+    matrix FLOPs (ours runs θ, φ and g as one bmm): no extra matrix work there, chunked or in SDPA's
+    fused CPU kernel (float32, Ck = Cv: the default)."""
     from mmcv.cnn import NonLocal2d
     from torch.utils.flop_counter import FlopCounterMode
+    from attn_plugins.modules import _helpers
+    monkeypatch.setattr(_helpers, 'CPU_SDPA', cpu_sdpa)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import benchmark
+    sys.path.pop(0)
+    exec(benchmark.CPU_SDPA_FLOPS, {'torch': torch})    # the formula torch's counter lacks for the CPU kernel
     x = torch.randn(1, 1024, *RES4)
     counts = []
     for block in (NonLocal(1024, norm=norm), NonLocal2d(1024, norm_cfg=dict(type='BN') if norm else None)):
@@ -112,6 +120,10 @@ def test_res4_nonlocal_flops_equal_mmcv(norm):
             block.eval()(x)
         counts.append({str(op): n for op, n in counter.get_flop_counts()['Global'].items()})
     ours, mmcv = counts
+    if cpu_sdpa:   # the attention's two products inside SDPA's kernel, the projections as products
+        sdpa = ours.pop('aten._scaled_dot_product_flash_attention_for_cpu')
+        assert sdpa == mmcv['aten.bmm'], counts
+        ours['aten.bmm'] += sdpa
     # θ, φ, g and W_z: products in ours (`pointwise_convs`), convolutions in mmcv
     projections = 2 * 4200 * 1024 * 512 * 4
     assert sum(ours.values()) == sum(mmcv.values()), counts

@@ -111,7 +111,9 @@ def test_injected_models_script_and_pickle():
 
 
 @pytest.mark.parametrize('name', ['ap_nonlocal_resnet50', 'ap_vgg16_att3_indep_dp'])
-def test_ap_models_script(name):
+def test_ap_models_script(name, ours_attention):
+    # eager runs our attention as the scripted model does (SDPA's fused CPU kernel is eager-only and
+    # sums in another order: on these randomized weights' huge activations, 5e-4 relative apart)
     model = randomize(timm.create_model(name)).eval()
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))

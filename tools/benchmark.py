@@ -202,7 +202,20 @@ with torch.no_grad():
 report(base)
 """
 
-TRAIN_HELPERS = r"""
+# torch's FlopCounterMode has no formula for SDPA's fused CPU kernel (ours runs float32 attention with
+# Ck = Cv in it, as does the 'SDPA' rows' peer): the formulas of its CUDA flash kernel, registered once
+CPU_SDPA_FLOPS = r"""
+from torch.utils import flop_counter
+if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu not in flop_counter.flop_registry:
+    @flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    @flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                 **kwargs):
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+"""
+TRAIN_HELPERS = CPU_SDPA_FLOPS + r"""
 from torch.utils.flop_counter import FlopCounterMode
 def train_step(block, bf16):
     block.train()

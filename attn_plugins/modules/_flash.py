@@ -45,11 +45,11 @@ on a quiet 16-core Intel Xeon (torch 2.11; not this project's CPU): fp32 1.94 s 
 (the dense formula 2.92 s), bf16 0.81 s vs 1.24 s (dense 1.62 s). Provisional: tools/benchmark.py
 --suite train on a quiet machine of this kind gives the numbers that count.
 
-`F.scaled_dot_product_attention` is not used on the CPU: where it has a fused (flash) kernel,
-Ck == Cv as in NonLocal, it was slower than this, SDPA time / ours (B=1, N=4096, C=256, 1 thread,
-median of 5 interleaved rounds on the loaded shared machine): training step fp32 1.36x, bf16
-2.52x; inference fp32 1.14x, bf16 2.70x. With Ck != Cv (PAM) it has only the math kernel, which
-materialises N x N. (On CUDA, `_helpers._fused_cuda_attention` uses its fused kernels.)
+Where `F.scaled_dot_product_attention` has a fused kernel and measured faster, it runs instead
+of this (`_helpers.softmax_attention`): on the CPU for float32 with Ck == Cv (NonLocal), on CUDA
+wherever a fused kernel takes the inputs. In bf16 on the CPU this runs (SDPA's flash kernel took
+1.5-1.6x its time at NonLocal's 2 x 8192 positions, C = 256), and with Ck != Cv (PAM) SDPA has only
+its math kernel, which materialises N x N.
 
 Under autocast the matmuls and the chunk / block passes run in the autocast dtype (bf16 on a
 CPU); the statistics m, 1 / l and rowsum(dO ∘ O), the 1 / l scaling and the dQ sum over blocks

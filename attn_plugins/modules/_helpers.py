@@ -204,15 +204,15 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     (not in TorchScript, which cannot script an autograd.Function: there training keeps every
     chunk's map).
 
-    `F.scaled_dot_product_attention` is not used: it was slower on every shape measured here
-    (2-core AMD EPYC, torch 2.14 CPU, 1 thread, B=2, Nq=Nk=4096, 4D inputs, median of 3-5 on a
-    shared machine; bf16 = bf16 inputs). SDPA's time / ours, inference and training step:
-      PAM (Ck=8, Cv=64; no fused kernel, SDPA's math path materialises N x N):
-        fp32 1.50-1.62x and 1.10-1.28x;   bf16 3.7x and 1.37x
-      NonLocal (Ck=Cv=32; SDPA's fused CPU flash kernel):
-        fp32 1.41-1.62x and 1.10-1.29x;   bf16 3.7x and 1.31x
-    Re-measured against the current flash backward at NonLocal's width (Ck=Cv=256): see `_flash`.
-    On CUDA its fused kernels are used where they accept the inputs (`_fused_cuda_attention`).
+    Where `F.scaled_dot_product_attention` has a fused kernel for the inputs it runs instead
+    (`_fused_cpu_attention`, `_fused_cuda_attention`): on the CPU its flash kernel, for float32
+    with Ck == Cv (NonLocal's softmax modes; PAM's Ck != Cv has only SDPA's N x N math path). Its
+    time / ours (2-core AMD EPYC, torch 2.14, 1 thread, CPU time, interleaved, loaded machine;
+    `tools/benchmark.py --suite train --only SDPA` measures it at 2 threads): float32 training step
+    0.87-0.97x at B=2, N=8192, C=256 (inference 0.75x at B=1, N=32768), 0.4-0.7x at C=32-64;
+    bf16 training 1.5-1.6x at N=8192, C=256 (about 1.0x at N=1024-4096, C=32-64), so 16-bit dtypes
+    keep ours. SDPA's kernel needs contiguous (B, 1, N, C) inputs, else it silently takes the math
+    path (an earlier measurement here, 1.1-1.6x ours, had probably given it transposed inputs).
     """
     batch, num_queries, _ = query.shape
     num_keys = key.shape[-1]
@@ -283,6 +283,11 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: fl
     return out.squeeze(1).transpose(1, 2)
 
 
+# whether float32 attention with Ck == Cv runs in SDPA's fused CPU kernel (`_fused_cpu_attention`);
+# False: always ours (the chunked flash path above the dense limit)
+CPU_SDPA = True
+
+
 def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          scale: float) -> Optional[torch.Tensor]:
     """On the CPU in float32 with Ck == Cv (the non-local shapes), `F.scaled_dot_product_attention`'s
@@ -291,7 +296,7 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
     Ck != Cv (PAM) the CPU has only SDPA's N x N math path."""
-    if key.shape[1] != value.shape[1] or _compute_dtype(query, key, value) != torch.float32:
+    if not CPU_SDPA or key.shape[1] != value.shape[1] or _compute_dtype(query, key, value) != torch.float32:
         return None
     signature = (query.dtype, key.dtype, value.dtype, query.shape[-1])
     if signature in _NO_FUSED_KERNEL:

@@ -1,0 +1,94 @@
+"""Where SDPA's fused CPU kernel runs instead of ours (issue 12: use `F.scaled_dot_product_attention`
+where it has a fused kernel for the shapes, decided by measurement): float32 attention with Ck == Cv
+(NonLocal's softmax modes) in eager mode; bf16 autocast, float64, Ck != Cv (PAM), TorchScript and
+`CPU_SDPA = False` keep ours. The default path equals the dense formula, forward and gradients, and
+keeps no N x N map."""
+import pytest
+import torch
+from torch.profiler import profile
+
+import attn_plugins.modules as m
+from attn_plugins.modules import _helpers
+
+FUSED = 'aten::_scaled_dot_product_flash_attention_for_cpu'
+
+
+def _ops(run) -> set:
+    with profile() as prof:
+        run()
+    return {event.key for event in prof.key_averages()}
+
+
+def _train(block, x, **autocast):
+    def run():
+        with torch.autocast('cpu', **autocast) if autocast else torch.autocast('cpu', enabled=False):
+            out = block(x)
+        out.float().square().sum().backward()
+    return run
+
+
+def test_float32_nonlocal_runs_sdpas_fused_kernel_equal_to_the_dense_formula():
+    torch.manual_seed(0)
+    block = m.NonLocal(16, mode='embedded_gaussian', norm=False).train()
+    torch.nn.init.normal_(block.out_conv.weight, std=0.2)
+    x = torch.randn(2, 16, 46, 46, requires_grad=True)          # 2116² scores: above the dense limit
+    assert 2116 ** 2 > _helpers.DENSE_LIMIT_ELEMENTS
+    ops = _ops(_train(block, x))
+    assert FUSED in ops and FUSED + '_backward' in ops, sorted(o for o in ops if 'attention' in o)
+    fused_grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+
+    x.grad = None
+    block.zero_grad()
+    block.record_attention = True                                # the dense formula, N x N map kept
+    out = block(x)
+    out.square().sum().backward()
+    block.record_attention = False
+    dense_grads = [x.grad] + [p.grad for p in block.parameters()]
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out, rtol=1e-4, atol=1e-5)
+    for fused, dense in zip(fused_grads, dense_grads):
+        torch.testing.assert_close(fused, dense, rtol=1e-3, atol=1e-4)
+
+
+def test_float32_nonlocal_training_keeps_no_score_map():
+    block = m.NonLocal(16, mode='embedded_gaussian', norm=False).train()
+    x = torch.randn(1, 16, 64, 64, requires_grad=True)
+    n = 64 * 64
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        out = block(x)
+    assert max(saved) < n * n * 4 / 64, max(saved)               # the largest saved tensor: far below one map
+    out.sum().backward()
+
+
+@pytest.mark.parametrize('case', ['bf16 autocast', 'float64', 'PAM (Ck != Cv)', 'CPU_SDPA False'])
+def test_ours_runs_elsewhere(case, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 46, 46, requires_grad=True)
+    block = m.NonLocal(16, mode='embedded_gaussian', norm=False)
+    autocast = {}
+    if case == 'bf16 autocast':
+        autocast = dict(dtype=torch.bfloat16)
+    elif case == 'float64':
+        block, x = block.double(), x.detach().double().requires_grad_()
+    elif case == 'PAM (Ck != Cv)':
+        block = m.PositionAttention(16, qk_channels=4)
+    else:
+        monkeypatch.setattr(_helpers, 'CPU_SDPA', False)
+    calls = []
+    real = _helpers.flash_softmax_attention
+    monkeypatch.setattr(_helpers, 'flash_softmax_attention', lambda *a, **k: calls.append(1) or real(*a, **k))
+    ops = _ops(_train(block.train(), x, **autocast))
+    assert FUSED not in ops and calls == [1], (case, sorted(o for o in ops if 'attention' in o))
+
+
+def test_scripted_and_traced_blocks_keep_ours():
+    block = m.NonLocal(8, norm=False).eval()
+    x = torch.randn(1, 8, 12, 12)
+    scripted = torch.jit.script(block)
+    traced = torch.jit.trace(block, x)
+    for run in (scripted, traced):
+        ops = _ops(lambda: run(x))
+        assert FUSED not in ops
+        torch.testing.assert_close(run(x), block(x), rtol=1e-4, atol=1e-5)
