@@ -289,7 +289,8 @@ def test_bf16_backward_key_blocks_bounded_by_factor_times_a_chunk(force_chunks):
                 out = softmax_attention(query, key, value, scale=0.5, chunk_elements=10 * 48)   # 10-query chunks
             with OpLog() as log:
                 out.backward(torch.randn(out.shape, dtype=out.dtype))
-            widths[name, ck] = sorted(b[2] for a, b in log.bmms() if a == (B, 64, ck + 1) and b[1] == ck + 1)  # [Q | −m] [K; 1]
+            rows = ck + (name == 'fp32')    # the scores' product: [Q | −m] [K; 1] in fp32, Q K in bf16
+            widths[name, ck] = sorted(b[2] for a, b in log.bmms() if a == (B, 64, rows) and b[1] == rows)
     one_chunk = [6] + [7] * 6                                       # 10 · 48 // 64 = 7 keys: 448 scores <= 480
     assert widths['fp32', 8] == widths['fp32', 128] == widths['bf16', 8] == one_chunk, widths
     assert widths['bf16', 128] == [3] + [15] * 3, widths             # 2 · 10 · 48 // 64

@@ -218,8 +218,15 @@ class FlashSoftmaxAttention(torch.autograd.Function):
         batch, num_queries, qk_channels = query.shape
         num_keys, channels, extra = key.shape[2], value.shape[1], _extra_rows(dtype)
         with torch.autocast(query.device.type, enabled=False):
-            # [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`)
-            query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
+            # float32 / float64: [Q | −m] [K; 1] = S − m (m is a score of the forward: exact in `dtype`).
+            # 16-bit: the forward's rounding, round(S) − m: the product, then − m in `dtype`. S − m in the
+            # matmul rounds after the shift, so with spread scores the recomputed P departed from the
+            # forward's (which made O and l): std-10 scores gave 1.4-3x the dense formula's gradient error
+            forward_rounding = dtype != stat_dtype
+            if forward_rounding:
+                row_max_low = row_max.to(dtype).unsqueeze(-1)                               # B, Nq, 1
+            else:
+                query_aug = _augmented(query.transpose(1, 2), -row_max.to(dtype).unsqueeze(1)).transpose(1, 2)
             # dO / l gives dV from l ∘ P; [dO; −rowsum(dO ∘ O)] / l · [V; 1] gives (dP − rowsum) / l
             grad_out, grad_out_aug = _scaled_grad_out(grad_out, out, inv_sum, dtype, extra, need_q or need_k)
             grad_q = torch.zeros(batch, num_queries, qk_channels, dtype=stat_dtype, device=query.device) \
@@ -248,9 +255,12 @@ class FlashSoftmaxAttention(torch.autograd.Function):
             for start in range(0, num_keys, cols):
                 stop = min(start + cols, num_keys)
                 width, size = stop - start, batch * num_queries * (stop - start)
-                key_aug = _augmented(key[:, :, start:stop], 1, key_block_buffer)
                 probs = buffers[0][:size].view(batch, num_queries, width)
-                torch.bmm(query_aug, key_aug, out=probs)                                  # S − m
+                if forward_rounding:
+                    key_block = key_block_buffer[:batch * qk_channels * width].view(batch, qk_channels, width)
+                    torch.bmm(query, key_block.copy_(key[:, :, start:stop]), out=probs).sub_(row_max_low)
+                else:
+                    torch.bmm(query_aug, _augmented(key[:, :, start:stop], 1, key_block_buffer), out=probs)  # S − m
                 probs = probs.exp2_() if base2 else probs.exp_()                     # l ∘ P
                 if need_v:   # dV = dO P = (dO / l) (l ∘ P)
                     torch.bmm(grad_out, probs, out=grad_v[:, :, start:stop])
@@ -264,7 +274,9 @@ class FlashSoftmaxAttention(torch.autograd.Function):
                     torch.bmm(query.transpose(1, 2), grad_scores, out=grad_k[:, :, start:stop])
                 if need_q:   # dQ = scale · dS Kᵀ, summed over key blocks in float32
                     key_block = key_block_buffer[:batch * qk_channels * width].view(batch, qk_channels, width)
-                    key_block = key_block.copy_(key[:, :, start:stop]).transpose(1, 2)
+                    if not forward_rounding:        # (16-bit: still there from the scores' product)
+                        key_block.copy_(key[:, :, start:stop])
+                    key_block = key_block.transpose(1, 2)
                     if grad_q_block is None:     # float32 / float64: the product adds itself to dQ (not
                         torch.baddbmm(grad_q, grad_scores, key_block, out=grad_q)   # baddbmm_: FLOP counters skip it)
                     else:                        # 16-bit product, widened into a reused buffer, then added
