@@ -30,9 +30,13 @@ beside mmcv's NonLocal2d at the same positions, with the same layers, with bench
 """
 from __future__ import annotations
 
+import os
 import statistics
 
 from benchmark import RSS, run_child, schedule, spread, result_row
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
 
 BASE = 'base'
 # name -> config (mmdet's base config for 'base')
@@ -55,25 +59,31 @@ PAIRS = (('NonLocal res4 + BN', 'mmcv NonLocal2d res4 + BN'), ('NonLocal res4 no
 SHAPE, QUICK_SHAPE = (1, 3, 800, 1333), (1, 3, 128, 224)
 SCHEDULE = (1, 5)
 
-BUILD = r"""
-import json, resource, time, torch
-torch.set_num_threads({threads})
-import attn_plugins
-from attn_plugins.config import load_config
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmdet.structures import DetDataSample
-init_default_scope('mmdet')
-from mmdet.registry import MODELS
 
-def config_of(path):
+# ----------------------------------------------------------------------------- building (shared)
+# The det suite's children and the models suite's detector cases (tools/bench_models.py) build
+# their detectors and inputs with these, so both suites measure the same models.
+def detector_config(path: str):
+    """The config at `path`: mmdet's own ('mmdet::...') or ours (YAML through `load_config`;
+    relative to the repository root)."""
+    from mmengine.config import Config
+
+    from attn_plugins.config import load_config
     if '::' in path:
         return Config.fromfile(Config._get_cfg_path(path, '')[0])
-    return load_config(path)
+    return load_config(path if os.path.isabs(path) else os.path.join(ROOT, path))
 
-def build(case, base_state):
-    path, block_options = (case, {{}}) if isinstance(case, str) else case
-    model_cfg = config_of(path).model
+
+def build_detector(case, base_state=None):
+    """The detector (eval mode) of a DET_CASES value: a config path, or (path, options set on the
+    config of each of its backbone's mmdet plugins); with the weights of `base_state` where it has
+    them (the attention blocks keep their own init)."""
+    import attn_plugins  # noqa: F401  - our blocks in mmengine's MODELS
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    path, block_options = (case, {}) if isinstance(case, str) else case
+    model_cfg = detector_config(path).model
     for plugin in model_cfg.backbone.get('plugins') or []:       # mmdet ResNet plugins: options of each block
         plugin['cfg'].update(block_options)
     model = MODELS.build(model_cfg)
@@ -82,19 +92,39 @@ def build(case, base_state):
         assert not missing.unexpected_keys, missing.unexpected_keys
     return model.eval()
 
-def base_state():
+
+def base_detector(base_case):
+    """The base detector built with seed 0: its weights are the ones every variant starts from."""
+    import torch
     torch.manual_seed(0)
-    return build({base!r}, None).state_dict()
+    return build_detector(base_case)
+
+
+def detector_sample(height: int, width: int, batch: int = 1):
+    """The padded size of an image (a multiple of 32, the data preprocessor's pad_size_divisor)
+    and `batch` data samples with its metainfo, as `model(x, samples, mode=...)` takes them."""
+    from mmdet.structures import DetDataSample
+    padded = (-(-height // 32) * 32, -(-width // 32) * 32)
+    sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=padded,
+                                         batch_input_shape=padded, scale_factor=(1.0, 1.0)))
+    return padded, [sample.clone() for _ in range(batch)]
+
+
+BUILD = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, %r)
+from bench_det import base_detector, build_detector as build, detector_sample
+
+def base_state():
+    return base_detector({base!r}).state_dict()
 
 shape = {shape}
-height, width = shape[2], shape[3]
-padded = (-(-height // 32) * 32, -(-width // 32) * 32)       # the data preprocessor's pad_size_divisor
+padded, samples = detector_sample(shape[2], shape[3], shape[0])
 x = torch.randn(shape[0], 3, *padded)
-sample = DetDataSample(metainfo=dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=padded,
-                                     batch_input_shape=padded, scale_factor=(1.0, 1.0)))
 def detect(model):
-    return lambda: model(x, [sample.clone() for _ in range(shape[0])], mode='predict')
-"""
+    return lambda: model(x, [sample.clone() for sample in samples], mode='predict')
+""" % TOOLS.replace('{', '{{').replace('}', '}}')
 
 TIME_CHILD = BUILD + r"""
 state = base_state()
@@ -121,7 +151,7 @@ model = build({path!r}, state)
 del state
 with torch.no_grad():
     base = rss_kb()
-    model(x, [sample.clone() for _ in range(shape[0])], mode='predict')
+    detect(model)()
 report(base)
 """
 

@@ -17,15 +17,23 @@ GOAL_TOLERANCE (2% of the model's time) slower than either at the intervals' top
 process, peak RSS of the forward minus RSS before it (after a smaller warm-up forward where the
 model allows one).
 
-Cases (`MODEL_CASES`; other modules may add theirs with `register_model_case`; the detectors have
-none here: they run in suite 'det', tools/bench_det.py, time and memory against the detector
-without attention, and `attn-plugins plan` gives their parameters and FLOPs):
+Cases (`MODEL_CASES`; other modules may add theirs with `register_model_case`; `--only` picks
+any case, with `--quick` too; `--quick` alone runs QUICK_CASES):
     ResNet-50 + SE        every bottleneck, after bn3 (ours: injector) | timm seresnet50
     ResNet-50 + CBAM      every bottleneck, after bn3 (ours: injector) | timm resnet50, attn_layer='cbam'
     ResNet-50 + NonLocal  5 blocks, res3 [1,3] and res4 [1,3,5] (the paper's) | mmcv NonLocal2d there
     DANet R50-D8          512x1024 and 1024x2048 images: our DualAttentionHead | mmseg DAHead; base: ours
                           with PAM / CAM taken out (identity)
     VGG-16 +- LTPA        ap_vgg16_att3_concat_pc | base: the same trunk classifying its global vector g
+    RetinaNet R50-FPN     + CBAM after conv3 of every bottleneck (configs/det YAML) | no peer; base:
+                          mmdet's RetinaNet R50-FPN
+    Faster R-CNN R50-FPN  + NonLocal after conv3 of the 6 res4 bottlenecks | mmcv NonLocal2d there,
+                          norm_cfg=BN; base: mmdet's Faster R-CNN R50-FPN
+The detectors are built by tools/bench_det.py's `build_detector` (the det suite's models, every
+variant from its base's weights) and run on an 800x1333 image in `mode='tensor'`: backbone, neck
+and the heads' raw outputs; Faster R-CNN's include its RPN proposals (NMS) and the RoI head on
+them, the same boxes in every variant as the blocks start as the identity. Suite 'det' times
+Faster R-CNN's whole `predict` (box decoding, NMS) against more variants.
 
 The resolution sweep (`run_sweep`) times PAM / NonLocal2d / CAM against mmseg PAM / mmcv
 NonLocal2d / mmseg CAM over growing maps. A peer whose two N x N float32 maps (scores and their
@@ -163,6 +171,71 @@ def vgg16_without_ltpa(quick=False):
     return nn.Sequential(vgg.stages, vgg.global_fc, nn.ReLU(), nn.Linear(vgg.global_fc[-1].out_features, 100))
 
 
+# Detectors: built from the configs by tools/bench_det.py's functions (the det suite's models). Every
+# variant of a case starts from the weights of its base detector (seed 0; the blocks keep their own
+# init), so where the blocks start as the identity (NonLocal, NonLocal2d: zero-init output norm)
+# the RPN keeps the base's proposals and the RoI head runs on the same boxes.
+RETINANET_BASE = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+RETINANET_CBAM = 'configs/det/retinanet_r50-cbam_fpn_1x_coco.yaml'
+_detector_base_states: dict = {}
+
+
+def _detector(case, base_case):
+    """The detector of a bench_det case as a module taking an image batch (B, 3, H, W): padded
+    like mmdet's data preprocessor (to a multiple of 32), run in `mode='tensor'` (backbone, neck,
+    the heads' raw outputs; a two-stage detector's RPN proposals included, no box decoding after)."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from bench_det import base_detector, build_detector, detector_sample
+    key = repr(base_case)
+    if case == base_case:
+        detector = base_detector(base_case)
+        _detector_base_states.setdefault(key, detector.state_dict())
+    else:
+        if key not in _detector_base_states:
+            _detector_base_states[key] = base_detector(base_case).state_dict()
+        detector = build_detector(case, _detector_base_states[key])
+
+    class DetectorTensorForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, x):
+            height, width = x.shape[2:]
+            padded, samples = detector_sample(height, width, len(x))
+            x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))
+            return self.detector(x, samples, mode='tensor')
+    return DetectorTensorForward()
+
+
+def retinanet_r50(quick=False):
+    return _detector(RETINANET_BASE, RETINANET_BASE)
+
+
+def retinanet_r50_cbam(quick=False):
+    return _detector(RETINANET_CBAM, RETINANET_BASE)
+
+
+def _faster_rcnn(name: str):
+    from bench_det import BASE, DET_CASES
+    return _detector(DET_CASES[name], DET_CASES[BASE])
+
+
+def faster_rcnn_r50(quick=False):
+    from bench_det import BASE
+    return _faster_rcnn(BASE)
+
+
+def faster_rcnn_r50_nonlocal_res4(quick=False):
+    return _faster_rcnn('NonLocal res4 + BN')
+
+
+def faster_rcnn_r50_nl2d_res4(quick=False):
+    return _faster_rcnn('mmcv NonLocal2d res4 + BN')
+
+
 # ----------------------------------------------------------------------------- cases
 MODEL_CASES: dict[str, dict] = {}
 
@@ -209,9 +282,22 @@ register_model_case('DANet R50-D8 1024x2048', base=danet_without_attention, ours
                     notes='whole-image inference; base: the same segmentor without PAM / CAM; peer: mmseg DAHead')
 register_model_case('VGG-16 + LTPA', base=vgg16_without_ltpa, ours=ltpa_vgg16, shape=(8, 3, 32, 32),
                     quick_shape=(2, 3, 32, 32), notes='ap_vgg16_att3_concat_pc; base: its trunk classifying g')
+register_model_case('RetinaNet R50-FPN + CBAM', base=retinanet_r50, ours=retinanet_r50_cbam, shape=(1, 3, 800, 1333),
+                    quick_shape=(1, 3, 64, 96), schedule=(1, 5),
+                    notes=f"{RETINANET_CBAM}: CBAM after conv3 of all 16 bottlenecks; base: mmdet's RetinaNet "
+                          "R50-FPN; mode='tensor' forward (no NMS) on the image padded to a multiple of 32; no peer "
+                          "(mmcv / mmdet have no CBAM)")
+register_model_case('Faster R-CNN R50-FPN + NonLocal res4', base=faster_rcnn_r50, ours=faster_rcnn_r50_nonlocal_res4,
+                    peer=faster_rcnn_r50_nl2d_res4, shape=(1, 3, 800, 1333), quick_shape=(1, 3, 64, 96),
+                    schedule=(1, 5),
+                    notes="after conv3 of all 6 res4 bottlenecks (BN after W_z); peer: mmcv NonLocal2d there with "
+                          "norm_cfg=BN (the det suite's pair); base: mmdet's Faster R-CNN R50-FPN; mode='tensor' "
+                          "forward: backbone, neck, RPN with its proposals (NMS) and the RoI head on them, all "
+                          "variants from the base's weights (blocks start as the identity: the same proposals)")
 
 QUICK_CASES = ('ResNet-50 + SE', 'ResNet-50 + CBAM', 'ResNet-50 + NonLocal x5', 'DANet R50-D8 512x1024',
-               'VGG-16 + LTPA')    # --quick runs these (one DANet size is enough to check the harness)
+               'VGG-16 + LTPA', 'RetinaNet R50-FPN + CBAM')    # --quick runs these (one DANet size, one detector:
+# enough to check the harness; `--quick --only NAME` runs any case on its tiny shape)
 
 
 def build(builder: str, quick: bool = False):
@@ -409,8 +495,11 @@ def case_row(name: str, shape, timing: dict, memory: dict, warmup: int) -> dict:
 
 
 def selected_cases(only, quick) -> list[str]:
-    names = [n for n in MODEL_CASES if not quick or n in QUICK_CASES or n not in _BUILTIN_CASES]
-    return [n for n in names if not only or any(o in n for o in only)]
+    """The cases `--only` names (substrings), any of them, `--quick` or not; without `--only`,
+    all cases, or with `--quick` QUICK_CASES and the cases other modules registered."""
+    if only:
+        return [n for n in MODEL_CASES if any(o in n for o in only)]
+    return [n for n in MODEL_CASES if not quick or n in QUICK_CASES or n not in _BUILTIN_CASES]
 
 
 def time_case(spec: dict, warmup: int, repeats: int, common: list, balance_builds: bool) -> dict:
