@@ -186,3 +186,6 @@ def test_sdpa_rows_compare_the_same_attention_against_sdpas_fused_kernel(trainin
     ops = {event.key for event in prof.key_averages()}
     assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in ops, sorted(o for o in ops if 'attention' in o)
     assert ('aten::_scaled_dot_product_flash_attention_for_cpu_backward' in ops) == training
+    with profile() as prof:      # ours is our own path (float32 blocks would otherwise run SDPA's kernel too)
+        eval(ours, scope)(x)
+    assert not any('scaled_dot_product' in event.key for event in prof.key_averages())
