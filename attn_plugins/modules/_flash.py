@@ -53,13 +53,14 @@ its math kernel, which materialises N x N.
 
 Under autocast the matmuls and the chunk / block passes run in the autocast dtype (bf16 on a
 CPU); the statistics m, 1 / l and rowsum(dO ∘ O), the 1 / l scaling and the dQ sum over blocks
-in float32. As in FlashAttention, rowsum(dO ∘ O) comes from the bf16-rounded output and P is
-recomputed with other roundings than forward's, so Σ_j dS_ij is 0 only to bf16 precision (the
-dense softmax backward makes it 0 from its own P and dP): with a peaked softmax the
-query-side gradients can carry a few times the dense formula's bf16 error on sums that nearly
-cancel (tools/bf16_report.py: PAM with query weights x4, 16 channels, its query bias 15% vs 0.8%;
-at 64 channels 3.6% vs 2.8%); with the blocks' own init (64 channels) the worst gradient error
-is at most the dense formula's: PAM 0.64% vs 0.72%, NonLocal 2.0% vs 2.6%.
+in float32. Backward recomputes a block's scores with the forward's rounding, the bf16 product and
+then − m in bf16: with − m inside the product (S − m rounded once, more precise on its own) the
+recomputed P departed from the forward's P, which made O and l, and with spread scores (std 10)
+every gradient carried 1.4-3x the dense formula's bf16 error (dV 6-8x at std 30); now within 1.3x
+(registry_tests/test_flash_edges.py). As in FlashAttention, rowsum(dO ∘ O) comes from the
+bf16-rounded output, so Σ_j dS_ij is 0 only to bf16 precision. With the blocks' own init (64
+channels, tools/bf16_report.py) the worst gradient error is ours / dense: PAM 0.82% / 0.72%,
+NonLocal 2.4% / 2.4%; with query weights x4: PAM 3.4% / 2.8%, NonLocal 2.0% / 1.9%.
 """
 from __future__ import annotations
 
@@ -159,9 +160,10 @@ class FlashSoftmaxAttention(torch.autograd.Function):
 
     Saves Q, K, V (as given where already contiguous in the matmul dtype), O and two float32
     statistics per query: its score maximum m_i and 1 / l_i, l_i = Σ_j exp(S_ij − m_i). In
-    backward −m enters the score matmul as an extra channel of Q (m is exact in the matmul dtype: a score of the
-    forward) and −rowsum(dO ∘ O) the dP matmul as extra rows of dO (split in high and low parts
-    in 16-bit dtypes), with dO's column i divided by l_i beforehand:
+    backward, in float32 / float64, −m enters the score matmul as an extra channel of Q (m is exact
+    in the matmul dtype: a score of the forward; 16-bit dtypes subtract it after the product, as the
+    forward did, see the module docstring) and −rowsum(dO ∘ O) the dP matmul as extra rows of dO
+    (split in high and low parts in 16-bit dtypes), with dO's column i divided by l_i beforehand:
 
         exp([Q | −m] [K; 1]) = l ∘ P,   [dO; −rowsum(dO ∘ O)] / l · [V; 1] = (dP − rowsum(dO ∘ O)) / l
 
