@@ -296,7 +296,9 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
     Ck != Cv (PAM) the CPU has only SDPA's N x N math path."""
-    if not CPU_SDPA or key.shape[1] != value.shape[1] or _compute_dtype(query, key, value) != torch.float32:
+    # (the CPU only: other devices (meta, MPS, XPU) keep ours and leave `_NO_FUSED_KERNEL` to the CPU's)
+    if not CPU_SDPA or query.device.type != 'cpu' or key.shape[1] != value.shape[1] \
+            or _compute_dtype(query, key, value) != torch.float32:
         return None
     signature = (query.dtype, key.dtype, value.dtype, query.shape[-1])
     if signature in _NO_FUSED_KERNEL:
