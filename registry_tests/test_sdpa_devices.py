@@ -22,3 +22,22 @@ def test_meta_tensors_run_ours_and_leave_the_cpu_kernel_on(monkeypatch):
         torch.nn.init.normal_(block.out_conv.weight, std=0.2)
         block(x)
     assert tried == ['cpu']
+
+
+def test_benchmarks_ours_attention_leaves_cpu_sdpa_on():
+    """tools/benchmark.py's 'SDPA attention' rows pin ours to our own path for its call only: the
+    tests exec its helpers in pytest's process, where a module-wide CPU_SDPA = False had turned SDPA
+    off for every later test (test_cpu_sdpa.py failed after test_benchmark.py in `make test`)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+    import benchmark
+    from torch.profiler import profile
+
+    scope = {}
+    exec('import torch\n' + benchmark.TRAIN_HELPERS, scope)
+    q, k, v = (torch.randn(1, 8, 50, requires_grad=True) for _ in range(3))
+    with profile() as prof:
+        scope['ours_attention'](q, k, v, 0.5).sum().backward()
+    assert not any('scaled_dot_product' in event.key for event in prof.key_averages())
+    assert _helpers.CPU_SDPA is True

@@ -248,8 +248,11 @@ class AttentionOnly(torch.nn.Module):
         return self.fn(f[:, :self.qk], f[:, self.qk:2 * self.qk], f[:, -self.v:], self.qk ** -0.5)
 def ours_attention(q, k, v, scale):   # (B, C, N) each -> (B, Cv, N): our own path, never SDPA's CPU kernel
     from attn_plugins.modules import _helpers
-    _helpers.CPU_SDPA = False          # (float32 blocks would run SDPA's kernel: what these rows decide)
-    return _helpers.softmax_attention(q.transpose(1, 2), k, v, scale)
+    saved, _helpers.CPU_SDPA = _helpers.CPU_SDPA, False    # (float32 would run SDPA's kernel: what these
+    try:                                                    # rows decide); for this call only (tests exec this)
+        return _helpers.softmax_attention(q.transpose(1, 2), k, v, scale)
+    finally:
+        _helpers.CPU_SDPA = saved
 def sdpa_attention(q, k, v, scale):   # the same in SDPA's (B, heads, N, C) layout, one head, contiguous
     # (its fused CPU kernel takes only a contiguous last dimension, else it runs the N x N math path)
     q, k, v = (t.transpose(1, 2).contiguous().unsqueeze(1) for t in (q, k, v))
