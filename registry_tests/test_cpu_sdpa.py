@@ -92,3 +92,42 @@ def test_scripted_and_traced_blocks_keep_ours():
         ops = _ops(lambda: run(x))
         assert FUSED not in ops
         torch.testing.assert_close(run(x), block(x), rtol=1e-4, atol=1e-5)
+
+
+def test_small_float32_training_keeps_the_twice_differentiable_dense_formula():
+    """Below the dense limit a training step keeps the dense formula, which a gradient penalty (R1 in a
+    GAN discriminator) differentiates twice; SDPA's CPU backward cannot be. Inference there runs SDPA."""
+    block = m.NonLocal(8, norm=False).train()
+    torch.nn.init.normal_(block.out_conv.weight, std=0.2)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    with profile() as prof:
+        (grad,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+        grad.square().sum().backward()                        # double backward
+    assert FUSED not in {event.key for event in prof.key_averages()}
+    assert block.theta.weight.grad is not None and torch.isfinite(block.theta.weight.grad).all()
+    with torch.no_grad():
+        assert FUSED in _ops(lambda: block(x))
+
+
+def test_only_no_kernel_errors_turn_sdpa_off(monkeypatch):
+    """SDPA's 'No available kernel' sends this signature to ours for the process; any other error
+    (a CPU allocation failure is a plain RuntimeError) surfaces instead of silently costing speed."""
+    q, k, v = torch.randn(1, 300, 8), torch.randn(1, 8, 300), torch.randn(1, 8, 300)
+    signature = (torch.float32, torch.float32, torch.float32, 8)
+    monkeypatch.setattr(_helpers, '_NO_FUSED_KERNEL', set())
+
+    def fail(message):
+        def sdpa(*args):
+            raise RuntimeError(message)
+        return sdpa
+
+    monkeypatch.setattr(_helpers, '_sdpa', fail('out of memory: cannot allocate 4 GB'))
+    with pytest.raises(RuntimeError, match='cannot allocate'):
+        _helpers.softmax_attention(q, k, v)
+    assert signature not in _helpers._NO_FUSED_KERNEL
+    monkeypatch.setattr(_helpers, '_sdpa', fail('No available kernel.  Aborting execution.'))
+    out = _helpers.softmax_attention(q, k, v)                  # ours
+    assert signature in _helpers._NO_FUSED_KERNEL
+    monkeypatch.setattr(_helpers, '_NO_FUSED_KERNEL', set())
+    monkeypatch.undo()
+    torch.testing.assert_close(out, _helpers.softmax_attention(q, k, v), rtol=1e-5, atol=1e-6)

@@ -206,7 +206,8 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
     Where `F.scaled_dot_product_attention` has a fused kernel for the inputs it runs instead
     (`_fused_cpu_attention`, `_fused_cuda_attention`): on the CPU its flash kernel, for float32
-    with Ck == Cv (NonLocal's softmax modes; PAM's Ck != Cv has only SDPA's N x N math path). Its
+    with Ck == Cv (NonLocal embedded_gaussian; PAM's Ck != Cv has only SDPA's N x N math path), but
+    not in a training step below the dense limit (the dense formula is twice differentiable). Its
     time / ours (2-core AMD EPYC, torch 2.14, 1 thread, CPU time, interleaved, loaded machine;
     `tools/benchmark.py --suite train --only SDPA` measures it at 2 threads): float32 training step
     0.87-0.97x at B=2, N=8192, C=256 (inference 0.75x at B=1, N=32768), 0.4-0.7x at C=32-64;
@@ -220,8 +221,12 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if not torch.jit.is_scripting():
         on_cuda = query.is_cuda
         if not (torch.jit.is_tracing() or _exporting()):
-            fused = _fused_cuda_attention(query, key, value, scale) if on_cuda else \
-                _fused_cpu_attention(query, key, value, scale)
+            if on_cuda:
+                fused = _fused_cuda_attention(query, key, value, scale)
+            elif needs_grad and use_dense(num_queries, num_keys):
+                fused = None    # the dense formula: twice differentiable (gradient penalties), SDPA's CPU backward is not
+            else:
+                fused = _fused_cpu_attention(query, key, value, scale)
             if fused is not None:
                 return fused
             if on_cuda:
@@ -295,10 +300,11 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     Decided by measurement (`tools/benchmark.py --suite train --only SDPA`): in float32 its kernel
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
-    Ck != Cv (PAM) the CPU has only SDPA's N x N math path."""
+    Ck != Cv (PAM) the CPU has only SDPA's N x N math path. Training below the dense limit keeps the
+    dense formula (`softmax_attention`): it can be differentiated twice, SDPA's CPU backward cannot."""
     # (the CPU only: other devices (meta, MPS, XPU) keep ours and leave `_NO_FUSED_KERNEL` to the CPU's)
     if not CPU_SDPA or query.device.type != 'cpu' or key.shape[1] != value.shape[1] \
-            or _compute_dtype(query, key, value) != torch.float32:
+            or _compute_dtype(query, key, value) != torch.float32 or query.shape[1] == 0 or key.shape[-1] == 0:
         return None
     signature = (query.dtype, key.dtype, value.dtype, query.shape[-1])
     if signature in _NO_FUSED_KERNEL:
@@ -308,7 +314,9 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             return _sdpa(query, key, value, scale)
     except RuntimeError as err:
-        if isinstance(err, torch.OutOfMemoryError):
+        # only "no available kernel" turns it off for this signature; anything else (a CPU
+        # allocation failure is a plain RuntimeError) surfaces
+        if 'No available kernel' not in str(err):
             raise
         _NO_FUSED_KERNEL.add(signature)
         return None
