@@ -316,6 +316,29 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * (resource.getpagesize() // 1024)
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS, so the peak read after covers only
+    what follows; False where /proc/self/clear_refs cannot be written (then ru_maxrss, the process's
+    peak since it started: an earlier transient spike, at import or set-up, would count)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kb(reset: bool) -> int:
+    """Peak RSS (kB) since `_reset_peak` where it worked, else since the process started."""
+    import resource
+    if reset:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def balanced_orders(labels: list) -> list[list]:
     """The run orders of successive rounds, a Williams design: over len(result) rounds every variant
     runs in every position equally often and right after each other variant equally often (within a
@@ -394,10 +417,12 @@ def child_memory(spec: dict, label: str, quick: bool, threads: int) -> dict:
         small = [max(32, s // 4) for s in shape[2:]]
         if all(s < full for s, full in zip(small, shape[2:])):
             model(x[:, :, :small[0], :small[1]].contiguous())      # load kernels, allocate weights' buffers
+        reset = _reset_peak()
         base = _rss_kb()
         model(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(peak_mb=max(peak - base, 0) / 1024, process_peak_mb=peak / 1024)
+    peak = _peak_kb(reset)
+    return dict(peak_mb=max(peak - base, 0) / 1024,
+                process_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_child(args: list[str]) -> dict:
@@ -595,10 +620,10 @@ def child_block(factories: dict, imports: dict, shape, warmup: int, repeats: int
         block = eval(factories[memory_of], scope).eval()
         with torch.no_grad():
             block(x[:, :, :2, :2].contiguous())
+            reset = _reset_peak()
             base = _rss_kb()
             block(x)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return dict(peak_mb=max(peak - base, 0) / 1024)
+        return dict(peak_mb=max(_peak_kb(reset) - base, 0) / 1024)
     blocks = {label: eval(f, scope).eval() for label, f in factories.items()}
     labels, times = list(blocks), {label: [] for label in blocks}
     turns = balanced_orders(labels)
