@@ -117,18 +117,10 @@ TRAIN_CASES = {
     # The attention function alone, ours against F.scaled_dot_product_attention (issue 12: use SDPA where
     # it has a fused kernel for the shapes, decided by measurement): NonLocal's shapes, Ck = Cv = 256
     # (the input's three channel thirds as Q, K, V), where the CPU has SDPA's fused flash kernel.
-    'SDPA attention train fp32': ('train_step(AttentionOnly(ours_attention, c // 3, c // 3), False)', '',
-                                  'train_step(AttentionOnly(sdpa_attention, c // 3, c // 3), False)',
-                                  (2, 768, 64, 128), (1, 48, 48, 48)),
-    'SDPA attention train bf16': ('train_step(AttentionOnly(ours_attention, c // 3, c // 3), True)', '',
-                                  'train_step(AttentionOnly(sdpa_attention, c // 3, c // 3), True)',
-                                  (2, 768, 64, 128), (1, 48, 48, 48)),
-    'SDPA attention infer fp32': ('infer_step(AttentionOnly(ours_attention, c // 3, c // 3), False)', '',
-                                  'infer_step(AttentionOnly(sdpa_attention, c // 3, c // 3), False)',
-                                  (1, 768, 128, 256), (1, 48, 48, 48)),
-    'SDPA attention infer bf16': ('infer_step(AttentionOnly(ours_attention, c // 3, c // 3), True)', '',
-                                  'infer_step(AttentionOnly(sdpa_attention, c // 3, c // 3), True)',
-                                  (1, 768, 128, 256), (1, 48, 48, 48)),
+    **{f'SDPA attention {step} {precision}': (
+        f"{step}_step(AttentionOnly(ours_attention, c // 3, c // 3), {precision == 'bf16'})", '',
+        f"{step}_step(AttentionOnly(sdpa_attention, c // 3, c // 3), {precision == 'bf16'})", shape, (1, 48, 48, 48))
+       for step, shape in (('train', (2, 768, 64, 128)), ('infer', (1, 768, 128, 256))) for precision in ('fp32', 'bf16')},
 }
 # Whole DANet R50-D8 (suite 'train'): name -> (ours config, peer decode head, training?, shape, quick
 # shape). A training iteration is loss (decode + auxiliary heads on random Cityscapes labels),
