@@ -131,3 +131,18 @@ def test_only_no_kernel_errors_turn_sdpa_off(monkeypatch):
     monkeypatch.setattr(_helpers, '_NO_FUSED_KERNEL', set())
     monkeypatch.undo()
     torch.testing.assert_close(out, _helpers.softmax_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+
+def test_above_the_dense_limit_double_backward_needs_record_attention():
+    """README: above the dense limit a double backward raises (SDPA's CPU backward, like our flash
+    backward, is once differentiable); `record_attention = True` gives the twice-differentiable dense formula."""
+    block = m.NonLocal(8, norm=False).train()
+    torch.nn.init.normal_(block.out_conv.weight, std=0.2)
+    x = torch.randn(1, 8, 46, 46, requires_grad=True)             # 2116² scores: above the dense limit
+    (grad,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='not implemented|once_differentiable|does not require grad'):
+        grad.square().sum().backward()
+    block.record_attention = True
+    (grad,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    grad.square().sum().backward()
+    assert torch.isfinite(block.theta.weight.grad).all() and block.theta.weight.grad.abs().sum() > 0
