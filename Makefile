@@ -20,7 +20,7 @@ bench: setup
 	$(PY) tools/benchmark.py --suite models --only 'ResNet-50 + SE' 'ResNet-50 + CBAM' --no-sweep --paper --json work_dirs/benchmark/models.json
 	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json
 
-# the measurement behind README's results section: run it on a quiet machine (about an hour)
+# the measurement behind README's results section: run it on a quiet machine (42 min in session 7)
 bench-full: setup
 	$(PY) tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
 	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json

@@ -6,7 +6,7 @@
     python tools/benchmark.py --readme JSON                         # README results section from a JSON
     attn-plugins bench ...                                          # the same command
 
-The measurement behind README's results section (quiet machine, about an hour):
+The measurement behind README's results section (quiet machine, 42 min in session 7):
     python tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
     python tools/benchmark.py --readme work_dirs/benchmark/models.json          (= make bench-full)
 `make bench` runs a quick subset: ResNet-50 + SE / + CBAM against timm's at 224x224 (their goals),
