@@ -270,14 +270,12 @@ def _fused_cuda_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     try:
         with sdpa_kernel(backends):
-            out = F.scaled_dot_product_attention(query.contiguous().unsqueeze(1), key.transpose(1, 2).contiguous().unsqueeze(1),
-                                                 value.transpose(1, 2).contiguous().unsqueeze(1), scale=scale)
+            return _sdpa(query, key, value, scale)
     except RuntimeError as err:
         if isinstance(err, torch.OutOfMemoryError):
             raise
         _NO_FUSED_KERNEL.add(signature)     # "no available kernel": remember, do not retry every call
         return None
-    return out.squeeze(1).transpose(1, 2)   # (B, C, Nq), like ours
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
