@@ -14,10 +14,11 @@ def test_meta_tensors_run_ours_and_leave_the_cpu_kernel_on(monkeypatch):
     monkeypatch.setattr(_helpers, '_NO_FUSED_KERNEL', set())
     block = m.NonLocal(16, norm=False).eval()
     with torch.no_grad():
-        out = block.to('meta')(torch.empty(2, 16, 10, 12, device='meta'))   # 120² scores: ours is dense
-        assert out.shape == (2, 16, 10, 12) and out.device.type == 'meta'
+        # 2116² scores: above the dense limit, where a CPU float32 NonLocal runs SDPA's kernel
+        out = block.to('meta')(torch.empty(2, 16, 46, 46, device='meta'))
+        assert out.shape == (2, 16, 46, 46) and out.device.type == 'meta'
         assert tried == [] and _helpers._NO_FUSED_KERNEL == set()
-        x = torch.randn(2, 16, 10, 12)
+        x = torch.randn(2, 16, 46, 46)
         block = block.to_empty(device='cpu')
         torch.nn.init.normal_(block.out_conv.weight, std=0.2)
         block(x)

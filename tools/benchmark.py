@@ -121,6 +121,12 @@ TRAIN_CASES = {
         f"{step}_step(AttentionOnly(ours_attention, c // 3, c // 3), {precision == 'bf16'})", '',
         f"{step}_step(AttentionOnly(sdpa_attention, c // 3, c // 3), {precision == 'bf16'})", shape, (1, 48, 48, 48))
        for step, shape in (('train', (2, 768, 64, 128)), ('infer', (1, 768, 128, 256))) for precision in ('fp32', 'bf16')},
+    # below the dense limit, where ours keeps the dense formula in inference too: the non-local blocks of
+    # ResNet-50 at 224x224 (res3: 28x28 positions, Ck = Cv = 256; res4: 14x14, 512), one image
+    **{f'SDPA attention R50 {stage} infer fp32': (
+        f"infer_step(AttentionOnly(ours_attention, c // 3, c // 3), False)", '',
+        f"infer_step(AttentionOnly(sdpa_attention, c // 3, c // 3), False)", shape, (1, 48, 8, 8))
+       for stage, shape in (('res3', (1, 768, 28, 28)), ('res4', (1, 1536, 14, 14)))},
 }
 # Whole DANet R50-D8 (suite 'train'): name -> (ours config, peer decode head, training?, shape, quick
 # shape). A training iteration is loss (decode + auxiliary heads on random Cityscapes labels),
@@ -142,6 +148,7 @@ TRAIN_GOALS = {'PAM train fp32': (1.0, 0.25), 'PAM train bf16': (0.9, 0.3),
                'NonLocal2d train fp32': (1.0, 0.25), 'NonLocal2d train bf16': (0.9, 0.3)}
 TRAIN_GOAL_SCHEDULE = (1, 15)
 SDPA_SCHEDULE = (1, 5)
+SDPA_SMALL_SCHEDULE = (5, 41)      # the 'R50' rows: milliseconds per call
 
 PRELUDE = r"""
 import json, resource, time, torch
@@ -465,6 +472,7 @@ def run_train(args) -> list[dict]:
         precision = name.rsplit(' ', 1)[-1]
         assert precision in ('fp32', 'bf16'), name
         warmup, repeats = schedule(args, TRAIN_GOAL_SCHEDULE if name in TRAIN_GOALS else
+                                   SDPA_SMALL_SCHEDULE if name.startswith('SDPA attention R50') else
                                    SDPA_SCHEDULE if name.startswith('SDPA ') else TRAIN_SCHEDULE)
         if seg:
             config, peer_head, training, shape, quick_shape = TRAIN_SEG_CASES[name]

@@ -206,8 +206,10 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
     Where `F.scaled_dot_product_attention` has a fused kernel for the inputs it runs instead
     (`_fused_cpu_attention`, `_fused_cuda_attention`): on the CPU its flash kernel, for float32
-    with Ck == Cv (NonLocal embedded_gaussian; PAM's Ck != Cv has only SDPA's N x N math path), but
-    not in a training step below the dense limit (the dense formula is twice differentiable). Its
+    with Ck == Cv (NonLocal embedded_gaussian; PAM's Ck != Cv has only SDPA's N x N math path), above
+    the dense limit only: below it the dense formula is twice differentiable and no slower (inference,
+    2 threads, B = 1-2, Ck = 256-512, N = 576-2048: SDPA 0.99-1.6x its time; the 5 non-local blocks
+    of ResNet-50 at 224x224, N = 784 and 196, ran 1.24x and 1.61x). Above it, its
     time / ours (2-core AMD EPYC, torch 2.14, 1 thread, CPU time, interleaved, loaded machine;
     `tools/benchmark.py --suite train --only SDPA` measures it at 2 threads): float32 training step
     0.87-0.97x at B=2, N=8192, C=256 (inference 0.75x at B=1, N=32768), 0.4-0.7x at C=32-64;
@@ -223,8 +225,8 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         if not (torch.jit.is_tracing() or _exporting()):
             if on_cuda:
                 fused = _fused_cuda_attention(query, key, value, scale)
-            elif needs_grad and use_dense(num_queries, num_keys):
-                fused = None    # the dense formula: twice differentiable (gradient penalties), SDPA's CPU backward is not
+            elif use_dense(num_queries, num_keys):
+                fused = None    # the dense formula: faster there, and twice differentiable (SDPA's CPU backward is not)
             else:
                 fused = _fused_cpu_attention(query, key, value, scale)
             if fused is not None:
@@ -298,8 +300,9 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     Decided by measurement (`tools/benchmark.py --suite train --only SDPA`): in float32 its kernel
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
-    Ck != Cv (PAM) the CPU has only SDPA's N x N math path. Training below the dense limit keeps the
-    dense formula (`softmax_attention`): it can be differentiated twice, SDPA's CPU backward cannot."""
+    Ck != Cv (PAM) the CPU has only SDPA's N x N math path. `softmax_attention` calls it above the dense
+    limit only: below it the dense formula is no slower and can be differentiated twice, SDPA's CPU
+    backward cannot."""
     # (the CPU only: other devices (meta, MPS, XPU) keep ours and leave `_NO_FUSED_KERNEL` to the CPU's)
     if not CPU_SDPA or query.device.type != 'cpu' or key.shape[1] != value.shape[1] \
             or _compute_dtype(query, key, value) != torch.float32 or query.shape[1] == 0 or key.shape[-1] == 0:
