@@ -132,7 +132,11 @@ def _image_sample(cfg, path: str):
     if not pipeline:
         return None
     loader, _ = _pipeline_cfg(cfg)
-    data = dict(img_path=path)
+    reader = getattr(_dataset_class(dataset_cfg), 'image_item', None)   # a format no loader reads (CIFAR arrays)
+    try:
+        data = reader(path) if reader is not None else dict(img_path=path)
+    except OSError as err:      # PIL: not an image
+        raise ConfigError(f"--image {path!r}: could not read it as an image ({type(err).__name__}: {err})") from None
     for transform in Compose(pipeline).transforms:
         try:
             data = transform(data)
@@ -145,6 +149,16 @@ def _image_sample(cfg, path: str):
         if data is None:            # as Compose: a transform that drops the sample ends the pipeline
             break
     return data, f"{path} through the test pipeline"
+
+
+def _dataset_class(dataset_cfg) -> type | None:
+    """The class `dataset_cfg['type']` names (in any OpenMMLab scope), or None."""
+    from mmengine.registry import DATASETS
+    kind = dataset_cfg.get('type')
+    if isinstance(kind, type):
+        return kind
+    with DATASETS.switch_scope_and_registry(None) as registry:
+        return registry.get(kind) if isinstance(kind, str) else None
 
 
 def _check_image(path: str) -> None:
@@ -175,7 +189,15 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
             mean = getattr(pre, 'mean', None) if normalised else None
             std = getattr(pre, 'std', None) if normalised else None
             video = getattr(pre, 'format_shape', None) == 'NCTHW'      # mmaction2: frames decoded as RGB
-            bgr = bool(getattr(pre, 'to_rgb', False)) if video else not getattr(pre, '_channel_conversion', False)
+            if video:
+                bgr = bool(getattr(pre, 'to_rgb', False))
+            else:
+                # images load as BGR (OpenMMLab's LoadImageFromFile) unless the dataset says RGB (CIFAR's
+                # arrays); the preprocessor may swap them (mmengine / mmdet: _channel_conversion, mmseg:
+                # channel_conversion)
+                loaded_rgb = getattr(_dataset_class(_pipeline_cfg(cfg)[1] or {}), 'channel_order', 'bgr') == 'rgb'
+                swapped = getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False))
+                bgr = loaded_rgb == bool(swapped)
             shown = _display(inputs[0], mean, std, bgr=bgr)
             frames = _display_frames(inputs[0], mean, std, bgr) if video else None
             return ModelInput(lambda: tensor_forward(model, inputs, samples), shown, source, frames)

@@ -1,6 +1,7 @@
-"""`attn-plugins viz` inputs a pipeline cannot take: an image file for a config whose test pipeline
-does not read image files (CIFAR arrays, video clips), a --sample whose dataset files are missing.
-Each is one line naming the pipeline step or the dataset key and what to pass instead, exit 2."""
+"""`attn-plugins viz` inputs: an image file for a config whose test pipeline does not read image files
+(video clips), a --sample whose dataset files are missing: one line naming the pipeline step or the
+dataset key and what to pass instead, exit 2. An image file for CIFAR (arrays, no loading step) is read
+by the dataset class (`CifarDataset.image_item`), and every picture shows the input in its true colours."""
 import os
 
 import numpy as np
@@ -14,8 +15,7 @@ def test_viz_image_for_a_pipeline_without_image_loading_names_the_step(tmp_path,
     from PIL import Image
     image = tmp_path / 'x.png'
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
-    cases = [('ltpa/toy/vgg-att3-concat-pc_toy-cifar10.yaml', "PackClassificationInputs needs 'img'"),
-             ('video/toy/nonlocal_i3d_r50_toy.yaml', "SampleFrames needs 'total_frames'")]
+    cases = [('video/toy/nonlocal_i3d_r50_toy.yaml', "SampleFrames needs 'total_frames'")]
     for config, step in cases:
         status = main(['viz', os.path.join(ROOT, 'configs', config), '--image', str(image),
                        '--out', str(tmp_path / 'v')])
@@ -36,3 +36,27 @@ def test_viz_sample_of_a_missing_dataset_names_the_dataset_key(tmp_path, capsys)
     assert status == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("attn-plugins viz: error: --sample 0: test_dataloader.dataset could not be read")
     assert 'val.txt' in err and '--cfg-options test_dataloader.dataset.data_root=' in err and '--image' in err
+
+
+def test_viz_image_for_cifar_runs_and_every_picture_keeps_the_colours(tmp_path, capsys):
+    """A pure red image file is shown red under the maps: OpenMMLab loads BGR and the preprocessors swap
+    (mmdet: `_channel_conversion`, mmseg: `channel_conversion`), CIFAR's arrays are RGB already. Before,
+    seg and CIFAR pictures showed it blue, and CIFAR refused image files."""
+    from PIL import Image
+    from attn_plugins.config import load_config
+    from attn_plugins.plan import build_config_model
+    from attn_plugins.visualize import prepare_input
+    image = tmp_path / 'red.png'
+    Image.fromarray(np.tile(np.array([255, 0, 0], np.uint8), (40, 48, 1))).save(image)
+    ltpa = os.path.join(ROOT, 'configs', 'ltpa', 'toy', 'vgg-att3-concat-pc_toy-cifar10.yaml')
+    status = main(['viz', ltpa, '--image', str(image), '--out', str(tmp_path / 'v')])
+    assert status == 0, capsys.readouterr().err
+    pictures = sorted(os.listdir(tmp_path / 'v'))
+    assert len(pictures) == 3 and all(p.endswith('.png') for p in pictures), pictures
+    for config in (ltpa, 'seg/toy/se_fcn_r50-d8_toy.yaml', 'det/toy/retinanet_r50-se_fpn_toy-coco.yaml'):
+        cfg = load_config(os.path.join(ROOT, 'configs', config))
+        shown = prepare_input(cfg, build_config_model(cfg), str(image), None).image
+        # padding (det / seg pad to a size divisor) is black; resizing blends the border into it
+        lit = shown.reshape(-1, 3)[shown.reshape(-1, 3).max(1) > 0.1]
+        assert len(lit) and np.allclose(np.median(lit, 0), [1, 0, 0], atol=0.02), (config, np.median(lit, 0))
+        assert (lit[:, 0] > lit[:, 1:].max(1)).all(), config

@@ -600,6 +600,7 @@ class CifarDataset(BaseDataset):
     metainfo['classes'] are the names from the meta file.
     """
     METAINFO: dict = dict(classes=())
+    channel_order = 'rgb'       # of 'img' (OpenMMLab's image loading gives BGR): `attn-plugins viz` shows it as is
 
     def __init__(self, data_root: str, dataset: str = 'cifar10', split: str = 'train', label_type: str = 'fine',
                  pipeline=(), indices=None, test_mode: bool = False, lazy_init: bool = False, max_refetch: int = 1000):
@@ -627,6 +628,18 @@ class CifarDataset(BaseDataset):
         info = super().get_data_info(idx)
         info['img'] = self._images[info['image_index']]
         return info
+
+    @staticmethod
+    def image_item(path: str) -> dict:
+        """An image file as an item of this dataset, before the pipeline (`attn-plugins viz --image`):
+        RGB, resized to CIFAR's 32x32 (PIL bilinear), no label."""
+        import numpy as np
+        from PIL import Image
+
+        from ..datasets.cifar import IMAGE_SIZE
+        with Image.open(path) as image:
+            rgb = image.convert('RGB').resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        return dict(img=np.array(rgb, dtype=np.uint8), img_path=path)     # a writable copy
 
 
 class RandomCropWithPadding:
@@ -682,14 +695,15 @@ class RandomHorizontalFlip:
 class PackClassificationInputs:
     """dict(img (H, W, C) uint8, gt_label, ...) -> dict(inputs=(C, H, W) uint8 tensor,
     data_samples=BaseDataElement(gt_label, metainfo sample_idx)) for ImgDataPreprocessor and
-    AttentionClassifier; registered as 'PackClassificationInputs'."""
+    AttentionClassifier; registered as 'PackClassificationInputs'. An unlabelled image (viz) has no
+    gt_label field."""
 
     def __call__(self, results: dict) -> dict:
         import torch
         from mmengine.structures import BaseDataElement
         img = torch.from_numpy(results['img']).permute(2, 0, 1).contiguous()
-        sample = BaseDataElement(metainfo=dict(sample_idx=results.get('sample_idx')),
-                                 gt_label=int(results['gt_label']))
+        label = {} if results.get('gt_label') is None else dict(gt_label=int(results['gt_label']))
+        sample = BaseDataElement(metainfo=dict(sample_idx=results.get('sample_idx')), **label)
         return dict(inputs=img, data_samples=sample)
 
     def __repr__(self) -> str:
