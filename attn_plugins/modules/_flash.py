@@ -46,8 +46,8 @@ on a quiet 16-core Intel Xeon (torch 2.11; not this project's CPU): fp32 1.94 s 
 --suite train on a quiet machine of this kind gives the numbers that count.
 
 Where `F.scaled_dot_product_attention` has a fused kernel and measured faster, it runs instead
-of this (`_helpers.softmax_attention`): on the CPU for float32 with Ck == Cv (NonLocal), on CUDA
-with Ck == Cv wherever a fused kernel takes the inputs. In bf16 on the CPU this runs (SDPA's flash kernel took
+of this (`_helpers.softmax_attention`): on the CPU for float32 with Ck == Cv (NonLocal) above the
+dense limit, on CUDA with Ck == Cv wherever a fused kernel takes the inputs. In bf16 on the CPU this runs (SDPA's flash kernel took
 1.5-1.6x its time at NonLocal's 2 x 8192 positions, C = 256), and with Ck != Cv (PAM) SDPA has only
 its math kernel, which materialises N x N.
 
