@@ -127,15 +127,17 @@ def _dataset_sample(cfg, index: int):
 def _image_sample(cfg, path: str):
     from mmengine.dataset import Compose
     _, dataset_cfg = _pipeline_cfg(cfg)
-    pipeline = [dict(t) for t in (dataset_cfg or {}).get('pipeline') or []
+    dataset_cfg = _inner_dataset(dataset_cfg or {})
+    pipeline = [dict(t) for t in dataset_cfg.get('pipeline') or []
                 if 'LoadAnnotations' not in str(t.get('type', ''))]
     if not pipeline:
         return None
     loader, _ = _pipeline_cfg(cfg)
     reader = getattr(_dataset_class(dataset_cfg), 'image_item', None)   # a format no loader reads (CIFAR arrays)
+    from PIL import Image
     try:
         data = reader(path) if reader is not None else dict(img_path=path)
-    except OSError as err:      # PIL: not an image
+    except (OSError, Image.DecompressionBombError) as err:      # PIL: not an image, or too large
         raise ConfigError(f"--image {path!r}: could not read it as an image ({type(err).__name__}: {err})") from None
     for transform in Compose(pipeline).transforms:
         try:
@@ -151,14 +153,43 @@ def _image_sample(cfg, path: str):
     return data, f"{path} through the test pipeline"
 
 
+def _inner_dataset(dataset_cfg):
+    """The dataset a wrapper config holds (RepeatDataset / ClassBalancedDataset: `dataset`,
+    ConcatDataset: the first of `datasets`), else `dataset_cfg` itself."""
+    while True:
+        inner = dataset_cfg.get('dataset')
+        if not hasattr(inner, 'get'):          # CifarDataset's `dataset` is a name ('cifar10')
+            inner = (dataset_cfg.get('datasets') or [None])[0]
+        if not hasattr(inner, 'get'):
+            return dataset_cfg
+        dataset_cfg = inner
+
+
 def _dataset_class(dataset_cfg) -> type | None:
-    """The class `dataset_cfg['type']` names (in any OpenMMLab scope), or None."""
+    """The class `dataset_cfg['type']` names in the registry of the current default scope (the
+    config's, set when the model was built), or None."""
     from mmengine.registry import DATASETS
     kind = dataset_cfg.get('type')
     if isinstance(kind, type):
         return kind
     with DATASETS.switch_scope_and_registry(None) as registry:
         return registry.get(kind) if isinstance(kind, str) else None
+
+
+def loaded_channel_order(dataset_cfg) -> str:
+    """'rgb' or 'bgr': the channel order of the images a dataset config gives its pipeline: its
+    `channel_order` key (MPIIFaceGazeDataset), else its class's `channel_order` attribute or constructor
+    default (CifarDataset's arrays, MPIIFaceGazeDataset: RGB), else 'bgr' (OpenMMLab's LoadImageFromFile)."""
+    import inspect
+    dataset_cfg = _inner_dataset(dataset_cfg)
+    order = dataset_cfg.get('channel_order')
+    cls = _dataset_class(dataset_cfg)
+    if order is None and cls is not None:
+        order = getattr(cls, 'channel_order', None)
+        if not isinstance(order, str):
+            param = inspect.signature(cls).parameters.get('channel_order')
+            order = param.default if param is not None and isinstance(param.default, str) else None
+    return order or 'bgr'
 
 
 def _check_image(path: str) -> None:
@@ -188,14 +219,13 @@ def prepare_input(cfg, model: nn.Module, image: str | None, sample: int | None,
             normalised = bool(getattr(pre, '_enable_normalize', False))
             mean = getattr(pre, 'mean', None) if normalised else None
             std = getattr(pre, 'std', None) if normalised else None
-            video = getattr(pre, 'format_shape', None) == 'NCTHW'      # mmaction2: frames decoded as RGB
-            if video:
+            video = getattr(pre, 'format_shape', None) == 'NCTHW'
+            if hasattr(pre, 'format_shape'):    # mmaction2 (any format_shape): frames decoded as RGB, to_rgb swaps
                 bgr = bool(getattr(pre, 'to_rgb', False))
             else:
-                # images load as BGR (OpenMMLab's LoadImageFromFile) unless the dataset says RGB (CIFAR's
-                # arrays); the preprocessor may swap them (mmengine / mmdet: _channel_conversion, mmseg:
-                # channel_conversion)
-                loaded_rgb = getattr(_dataset_class(_pipeline_cfg(cfg)[1] or {}), 'channel_order', 'bgr') == 'rgb'
+                # images load as BGR (OpenMMLab's LoadImageFromFile) unless the dataset says RGB; the
+                # preprocessor may swap them (mmengine / mmdet: _channel_conversion, mmseg: channel_conversion)
+                loaded_rgb = loaded_channel_order(_pipeline_cfg(cfg)[1] or {}) == 'rgb'
                 swapped = getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', False))
                 bgr = loaded_rgb == bool(swapped)
             shown = _display(inputs[0], mean, std, bgr=bgr)

@@ -158,17 +158,21 @@ def test_train_rows_count_the_flops_of_the_whole_step():
         assert scope['step_flops'](eval(ours, scope), scope['x']) == attention + convs, name
 
 
-@pytest.mark.parametrize('training', [False, True])
-def test_sdpa_rows_compare_the_same_attention_against_sdpas_fused_kernel(training):
+@pytest.mark.parametrize('name', ['SDPA attention infer fp32', 'SDPA attention train fp32',
+                                  'SDPA attention R50 res3 infer fp32', 'SDPA attention R50 res4 infer fp32'])
+def test_sdpa_rows_compare_the_same_attention_against_sdpas_fused_kernel(name):
     """The 'SDPA attention' rows (issue 12: SDPA where it has a fused kernel, decided by measurement):
     ours and the peer compute the same function of the input, and the peer runs SDPA's fused CPU flash
-    kernel (forward and backward), not its N x N math fallback."""
+    kernel (forward and backward), not its N x N math fallback. The R50 rows at their real (small)
+    shapes: ours is the dense formula there."""
     sys.path.insert(0, os.path.join(ROOT, 'tools'))
     import benchmark
     from torch.profiler import profile
 
-    name = f"SDPA attention {'train' if training else 'infer'} fp32"
-    ours, peer_import, peer, _, shape = benchmark.TRAIN_CASES[name]
+    training = ' train ' in name
+    ours, peer_import, peer, full_shape, shape = benchmark.TRAIN_CASES[name]
+    if ' R50 ' in name:
+        shape = full_shape
     scope = {}
     exec(benchmark.PRELUDE.format(threads=1, imports=benchmark.BLOCK_IMPORTS.format(peer_import=peer_import),
                                   shape=shape) + benchmark.TRAIN_HELPERS, scope)

@@ -85,7 +85,8 @@ def test_ours_runs_elsewhere(case, monkeypatch):
 
 def test_scripted_and_traced_blocks_keep_ours():
     block = m.NonLocal(8, norm=False).eval()
-    x = torch.randn(1, 8, 12, 12)
+    x = torch.randn(1, 8, 46, 46)           # 2116² scores: above the dense limit, where eager runs SDPA
+    assert FUSED in _ops(lambda: block(x))
     scripted = torch.jit.script(block)
     traced = torch.jit.trace(block, x)
     for run in (scripted, traced):
@@ -111,6 +112,26 @@ def test_below_the_dense_limit_training_and_inference_keep_the_dense_formula():
         assert FUSED not in _ops(lambda: block(x))
         large = torch.randn(1, 8, 46, 46)                     # 2116² scores: above the limit
         assert FUSED in _ops(lambda: block(large))
+        # a batch's inference keeps at most DENSE_LIMIT_ELEMENTS scores: 5 x 1024² runs SDPA (no map)
+        one, batch = torch.randn(1, 8, 32, 32), torch.randn(5, 8, 32, 32)
+        assert FUSED not in _ops(lambda: block(one)) and FUSED in _ops(lambda: block(batch))
+        torch.testing.assert_close(block(batch)[1:2], block(batch[1:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_dense_inference_keeps_one_score_buffer():
+    """Without a gradient the dense formula normalises the output, not a second (B, N, N) buffer of
+    probabilities (`_softmax_chunk_inplace`), and equals the recorded dense formula."""
+    torch.manual_seed(0)
+    for block in (m.NonLocal(8, norm=False).eval(), m.PositionAttention(16, qk_channels=4).eval()):
+        x = torch.randn(2, block.channels, 20, 20)
+        with torch.no_grad():
+            ops = _ops(lambda: block(x))
+            out = block(x)
+            block.record_attention = True
+            expected = block(x)
+            block.record_attention = False
+        assert FUSED not in ops and 'aten::_softmax' not in ops, sorted(ops)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_only_no_kernel_errors_turn_sdpa_off(monkeypatch):

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from attn_plugins.cli import main
+from conftest import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,3 +61,40 @@ def test_viz_image_for_cifar_runs_and_every_picture_keeps_the_colours(tmp_path, 
         lit = shown.reshape(-1, 3)[shown.reshape(-1, 3).max(1) > 0.1]
         assert len(lit) and np.allclose(np.median(lit, 0), [1, 0, 0], atol=0.02), (config, np.median(lit, 0))
         assert (lit[:, 0] > lit[:, 1:].max(1)).all(), config
+
+
+def test_viz_sample_shows_the_datasets_own_colours(tmp_path):
+    """`--sample N` draws the item as the dataset gives it: CIFAR's RGB arrays, also inside a
+    RepeatDataset, and MPIIFaceGaze faces in the config's `channel_order` (default RGB; 'bgr' shown
+    flipped back). Before, the gaze and wrapped CIFAR pictures showed the channels reversed."""
+    from mmengine.registry import DATASETS
+    from attn_plugins.config import load_config
+    from attn_plugins.plan import build_config_model
+    from attn_plugins.visualize import prepare_input
+
+    def shown_and_raw(cfg, raw_of):
+        model = build_config_model(cfg)
+        shown = prepare_input(cfg, model, None, 0).image
+        with DATASETS.switch_scope_and_registry(None) as registry:
+            raw = raw_of(registry.build(cfg.test_dataloader.dataset)) / 255.0
+        return shown, raw
+
+    cifar = str(tmp_path / 'toy_cifar')
+    assert load_tool('make_toy_cifar').main(['--out', cifar, '--dataset', 'cifar10', '--train', '10', '--test', '4']) == 0
+    for wrapped in (False, True):
+        cfg = load_config(os.path.join(ROOT, 'configs', 'ltpa', 'toy', 'vgg-att3-concat-pc_toy-cifar10.yaml'))
+        cfg.test_dataloader.dataset.data_root = cifar
+        if wrapped:
+            cfg.test_dataloader.dataset = dict(type='RepeatDataset', times=2, dataset=cfg.test_dataloader.dataset)
+        shown, raw = shown_and_raw(cfg, lambda ds: ds.get_data_info(0)['img'])
+        assert np.abs(shown - raw).max() < 1e-6 < np.abs(shown - raw[..., ::-1]).max(), wrapped
+
+    faces = str(tmp_path / 'gaze.h5')
+    assert load_tool('make_toy_mpiifacegaze').main(['--out', faces, '--persons', '1', '--per-person', '2',
+                                                '--size', '64']) == 0
+    for order in ('rgb', 'bgr'):
+        cfg = load_config(os.path.join(ROOT, 'configs', 'gaze', 'toy', 'full_face_resnet18-narrow_toy-mpiifacegaze-64.yaml'))
+        cfg.test_dataloader.dataset.update(data_file=faces, test_person=None, split='all', channel_order=order)
+        shown, raw = shown_and_raw(cfg, lambda ds: ds[0]['inputs'].permute(1, 2, 0).numpy())
+        rgb = raw if order == 'rgb' else raw[..., ::-1]
+        assert np.abs(shown - rgb).max() < 1e-6 < np.abs(shown - rgb[..., ::-1]).max(), order

@@ -632,13 +632,14 @@ class CifarDataset(BaseDataset):
     @staticmethod
     def image_item(path: str) -> dict:
         """An image file as an item of this dataset, before the pipeline (`attn-plugins viz --image`):
-        RGB, resized to CIFAR's 32x32 (PIL bilinear), no label."""
+        RGB, turned upright by its EXIF orientation (as mmcv's loader), resized to CIFAR's 32x32 (PIL
+        bilinear), no label."""
         import numpy as np
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         from ..datasets.cifar import IMAGE_SIZE
         with Image.open(path) as image:
-            rgb = image.convert('RGB').resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            rgb = ImageOps.exif_transpose(image).convert('RGB').resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
         return dict(img=np.array(rgb, dtype=np.uint8), img_path=path)     # a writable copy
 
 

@@ -207,9 +207,11 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     Where `F.scaled_dot_product_attention` has a fused kernel for the inputs it runs instead
     (`_fused_cpu_attention`, `_fused_cuda_attention`): on the CPU its flash kernel, for float32
     with Ck == Cv (NonLocal embedded_gaussian; PAM's Ck != Cv has only SDPA's N x N math path), above
-    the dense limit only: below it the dense formula is twice differentiable and no slower (inference,
-    2 threads, B = 1-2, Ck = 256-512, N = 576-2048: SDPA 0.99-1.6x its time; the 5 non-local blocks
-    of ResNet-50 at 224x224, N = 784 and 196, ran 1.24x and 1.61x). Above it, its
+    the dense limit, and in inference also where the batch's scores exceed it (SDPA keeps no map). Below
+    it the dense formula runs: it is twice differentiable, and on one image faster (the 'SDPA attention
+    R50' rows of `--suite train`: at ResNet-50's non-local shapes, 224x224, SDPA took 1.23x its time
+    at res3's 784 positions and 1.26x at res4's 196). Without a gradient the dense formula keeps one
+    score buffer (`_softmax_chunk_inplace`). Above the limit, its
     time / ours (2-core AMD EPYC, torch 2.14, 1 thread, CPU time, interleaved, loaded machine;
     `tools/benchmark.py --suite train --only SDPA` measures it at 2 threads): float32 training step
     0.87-0.97x at B=2, N=8192, C=256 (inference 0.75x at B=1, N=32768), 0.4-0.7x at C=32-64;
@@ -225,8 +227,10 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         if not (torch.jit.is_tracing() or _exporting()):
             if on_cuda:
                 fused = _fused_cuda_attention(query, key, value, scale)
-            elif use_dense(num_queries, num_keys):
-                fused = None    # the dense formula: faster there, and twice differentiable (SDPA's CPU backward is not)
+            elif use_dense(num_queries, num_keys) and (needs_grad or batch * num_queries * num_keys <= DENSE_LIMIT_ELEMENTS):
+                # the dense formula: twice differentiable (SDPA's CPU backward is not) and faster on one
+                # image; a batch's inference keeps at most DENSE_LIMIT_ELEMENTS scores, else SDPA (no map)
+                fused = None
             else:
                 fused = _fused_cpu_attention(query, key, value, scale)
             if fused is not None:
@@ -239,7 +243,9 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if scale != 1.0:
         query = query * scale
     if use_dense(num_queries, num_keys):
-        return _softmax_chunk(torch.bmm(query, key), value)
+        if needs_grad or _traced():
+            return _softmax_chunk(torch.bmm(query, key), value)
+        return _softmax_chunk_inplace(torch.bmm(query, key), value)     # one score buffer, not two
 
     chunk = chunk_rows(num_queries, chunk_elements // num_keys)
     if needs_grad:   # TorchScript only
@@ -301,8 +307,8 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
     Ck != Cv (PAM) the CPU has only SDPA's N x N math path. `softmax_attention` calls it above the dense
-    limit only: below it the dense formula is no slower and can be differentiated twice, SDPA's CPU
-    backward cannot."""
+    limit (and for a batch's inference above it in all): below it the dense formula is faster on one
+    image and can be differentiated twice, SDPA's CPU backward cannot."""
     # (the CPU only: other devices (meta, MPS, XPU) keep ours and leave `_NO_FUSED_KERNEL` to the CPU's)
     if not CPU_SDPA or query.device.type != 'cpu' or key.shape[1] != value.shape[1] \
             or _compute_dtype(query, key, value) != torch.float32 or query.shape[1] == 0 or key.shape[-1] == 0:
@@ -345,6 +351,13 @@ def attend(block: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torc
 
 def _dense_block(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return _softmax_chunk(torch.bmm(query, key), value)
+
+
+def _traced() -> bool:
+    """torch.jit.trace or ONNX export (False in TorchScript)."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.jit.is_tracing() or _exporting()
 
 
 def _exporting() -> bool:
