@@ -15,10 +15,10 @@ test-fast: setup
 demo: setup
 	$(PY) tools/demo.py --work-dir work_dirs/demo
 
-# quick subset (a harness check, a few minutes): models suite on tiny shapes + the papers' rows
+# quick subset (a few minutes): the goal cases (ResNet-50 + SE / + CBAM vs timm's, real shapes) and the
+# papers' rows; its own JSON, README untouched (README's results section is bench-full's)
 bench: setup
-	$(PY) tools/benchmark.py --suite models --only 'ResNet-50 + SE' 'ResNet-50 + CBAM' --no-sweep --paper --json work_dirs/benchmark/models.json
-	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json
+	$(PY) tools/benchmark.py --suite models --only 'ResNet-50 + SE' 'ResNet-50 + CBAM' --no-sweep --paper --json work_dirs/benchmark/models_subset.json --plots work_dirs/benchmark/subset
 
 # the measurement behind README's results section: run it on a quiet machine (42 min in session 7)
 bench-full: setup

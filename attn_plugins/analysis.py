@@ -153,12 +153,15 @@ def op_cost(name: str, args: tuple, kwargs: dict, out) -> tuple[int, int] | None
 class OpCount:
     """FLOPs of one forward: the whole model (`total`) and per attention block (`blocks`, keyed by
     module path), each a Counter with 'macs' and 'other'; `calls` per block; operators not in the
-    tables in `uncounted` (name -> calls), those of them run inside a block in `uncounted_in_blocks`."""
+    tables in `uncounted` (name -> calls), those of them run inside a block in `uncounted_in_blocks`;
+    `input_channels` per block: dim 1 of its first input on its first call, where that input is a
+    4-D or 5-D tensor (a feature map: N, C, H, W or N, C, T, H, W)."""
     total: Counter = field(default_factory=Counter)
     blocks: dict = field(default_factory=dict)
     calls: Counter = field(default_factory=Counter)
     uncounted: Counter = field(default_factory=Counter)
     uncounted_in_blocks: Counter = field(default_factory=Counter)
+    input_channels: dict = field(default_factory=dict)
 
 
 class _Counter(TorchDispatchMode):
@@ -199,6 +202,9 @@ def count_flops(run: Callable[[], Any], blocks: Iterable[tuple[str, nn.Module]] 
         def enter(_module, _args, _path=path):
             mode.active.append(_path)
             count.calls[_path] += 1
+            if _path not in count.input_channels and _args and isinstance(_args[0], torch.Tensor) \
+                    and _args[0].dim() in (4, 5):
+                count.input_channels[_path] = int(_args[0].shape[1])
 
         def leave(_module, _args, _out, _path=path):
             if _path in mode.active:
@@ -224,6 +230,7 @@ PEER_BLOCKS = (('mmcv.cnn.bricks.context_block', 'ContextBlock'),
                ('timm.layers.squeeze_excite', 'SEModule'), ('timm.layers.squeeze_excite', 'EffectiveSEModule'),
                ('timm.layers.cbam', 'CbamModule'), ('timm.layers.cbam', 'LightCbamModule'),
                ('timm.layers.eca', 'EcaModule'),
+               ('timm.models._efficientnet_blocks', 'SqueezeExcite'),     # EfficientNet / MobileNetV3 SE
                ('mmseg.models.decode_heads.da_head', 'PAM'), ('mmseg.models.decode_heads.da_head', 'CAM'))
 
 
@@ -239,8 +246,13 @@ def block_classes(peers: bool = True) -> tuple[type, ...]:
     return tuple(classes)
 
 
-def block_channels(block: nn.Module) -> int | None:
-    """The input channels of a block: its `channels` or `in_channels`, else its first layer's."""
+def block_channels(block: nn.Module, probed: int | None = None) -> int | None:
+    """The input channels of a block: `probed` (the channels of the map it took in a forward,
+    `OpCount.input_channels`: a declared width can be an inner one, mmseg PAM's `channels` is its
+    query/key width, timm's EcaModule declares none and its first layer is a 1-channel Conv1d),
+    else its `channels` or `in_channels`, else its first layer's."""
+    if probed is not None:
+        return probed
     for attr in ('channels', 'in_channels'):
         value = getattr(block, attr, None)
         if isinstance(value, int):

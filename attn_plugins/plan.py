@@ -10,6 +10,7 @@ the place of a module whose cost is not known here; such rows are marked).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,10 +27,13 @@ DEFAULT_SHAPE = (3, 224, 224)
 
 
 # ---------------------------------------------------------------- building
-def _registry_names(scope: str | None) -> list[str]:
-    from mmengine.registry import MODELS
-    names = set(MODELS.module_dict)
-    for child in MODELS.children.values():
+def _registry_names(scope: str | None, kind: str = 'model') -> list[str]:
+    """The type names of mmengine's `kind` registry ('model', 'task util', 'weight initializer')
+    and of its children of `scope` (all children for None) and of attn_plugins."""
+    from mmengine.registry import MODELS, TASK_UTILS, WEIGHT_INITIALIZERS
+    root = {r.name: r for r in (MODELS, TASK_UTILS, WEIGHT_INITIALIZERS)}.get(kind, MODELS)
+    names = set(root.module_dict)
+    for child in root.children.values():
         if scope is None or child.scope == scope or child.scope == 'attn_plugins':
             names.update(child.module_dict)
     return sorted(names)
@@ -69,14 +73,19 @@ def registry_error(err: Exception, model_cfg: Any, scope: str | None) -> ConfigE
     'X is not in the ... registry' or mmcv's 'Cannot find None in registry' (raised from any depth of
     a model config and not naming the key); None for another error."""
     text = str(err.args[0]) if err.args else str(err)
-    if not re.search(r"is not in the \S+ registry|Cannot find \S+ in registry", text):
+    # 'X is not in the mmdet::task util registry' (a registry name may have spaces)
+    match = re.search(r"(\S+) is not in the (?:\S+::)?(.+?) registry", text)
+    if not match and not re.search(r"Cannot find \S+ in registry", text):
         return None
     unknown = unknown_types(model_cfg)
     if not unknown:
         return None
-    key, name = unknown[0]
-    return ConfigError(f"{key}: unknown type {name!r} (not registered in scope {scope or 'mmengine'!r})"
-                       f"{did_you_mean(name, _registry_names(scope))}")
+    named = match.group(1).strip("'\"") if match else None
+    key, name = next((u for u in unknown if u[1] == named), unknown[0])
+    kind = match.group(2) if match and named == name else 'model'
+    what = '' if kind == 'model' else f' {kind}'
+    return ConfigError(f"{key}: unknown{what} type {name!r} (not registered in scope {scope or 'mmengine'!r})"
+                       f"{did_you_mean(name, _registry_names(scope, kind))}")
 
 
 MMCV_PLUGIN_KEYS = ('cfg', 'position', 'stages')
@@ -162,13 +171,14 @@ def build_config_model(cfg) -> nn.Module:
     scope = cfg.get('default_scope')
     if scope:
         init_default_scope(scope)
-    check_mmcv_plugins(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
+    # as written: building updates the config in place (mmdet copies train_cfg into its heads)
+    written = copy.deepcopy(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
+    check_mmcv_plugins(written)
     try:
         return build_model(model_cfg)
     except (KeyError, ConfigError) as err:
         cause = err.__cause__ if isinstance(err.__cause__, KeyError) else err
-        converted = registry_error(cause, model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg,
-                                   scope)
+        converted = registry_error(cause, written, scope)
         if converted is not None:
             raise converted from None
         raise
@@ -179,13 +189,14 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """'512,1024' or '512x1024' (H, W; 3 channels), '3,512,1024' (C, H, W), or more values
     (a full input shape without the batch dimension, e.g. '1,3,8,224,224' for a video model)."""
     values = [text] if isinstance(text, str) else list(text)
+    given = ' '.join(str(v) for v in values)         # as typed (argparse gives a list of words)
     parts = [p for v in values for p in re.split(r'[,x\s]+', str(v).strip()) if p]
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"--input-shape: expected integers such as 512,1024 or 3,512,1024, got {text!r}") from None
+        raise ConfigError(f"--input-shape: expected integers such as 512,1024 or 3,512,1024, got {given!r}") from None
     if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ConfigError(f"--input-shape: expected H,W or C,H,W (positive), got {text!r}")
+        raise ConfigError(f"--input-shape: expected H,W or C,H,W (positive), got {given!r}")
     return (3, *shape) if len(shape) == 2 else shape
 
 
@@ -369,7 +380,7 @@ def make_plan(config: str, cfg_options=None, input_shape=None, trust_config: boo
     for path, block in blocks:
         params = count_params(block)
         record = reports.get(path, (None, None))[1]
-        row = dict(path=path, type=_block_name(block), channels=block_channels(block),
+        row = dict(path=path, type=_block_name(block), channels=block_channels(block, count.input_channels.get(path)),
                    via=_via(model, path, reports), calls=int(count.calls[path]),
                    replaces=bool(record is not None and record.position == 'replace'),
                    **_cost(params, count.blocks[path]))

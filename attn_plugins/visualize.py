@@ -256,7 +256,7 @@ def _timm_input(model: nn.Module, path: str, input_shape: Sequence[int] | None) 
     mean = torch.tensor(pretrained.get('mean') or IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(pretrained.get('std') or IMAGENET_STD)[:, None, None]
     inputs = ((torch.from_numpy(rgb).permute(2, 0, 1) - mean) / std)[None]
-    return ModelInput(lambda: model(inputs), rgb, f"{path} resized to {size[0]}x{size[1]}")
+    return ModelInput(lambda: model(inputs), rgb, f"{path} resized to {size[1]}x{size[0]}")     # width x height, as the summary line
 
 
 # ---------------------------------------------------------------- capture
@@ -632,6 +632,10 @@ def visualize(config: str, checkpoint: str | None = None, image: str | None = No
     height, width = model_input.image.shape[:2]
     points = parse_queries(queries, height, width, 0 if model_input.frames is None else len(model_input.frames))
     pictures = block_pictures(model, model_input, points)
+    if pictures and not any(picture.panels for picture in pictures):
+        notes = '; '.join(f"{p.path} ({p.type}): {p.note}" for p in pictures[:4]) + (', ...' if len(pictures) > 4 else '')
+        raise ConfigError(f"none of the {len(pictures)} attention block(s) gives a picture ({notes}); "
+                          "nothing written")
     os.makedirs(out, exist_ok=True)
     written = []
     for index, picture in enumerate(pictures):

@@ -25,3 +25,18 @@ def test_plan_names_the_plugin_of_a_zero_reduction(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith('attn-plugins plan: error: ')
     assert 'plugins[0]: cannot build SE(channels=64, reduction=0): reduction: expected > 0, got 0' in err
+
+
+@pytest.mark.parametrize('block, option, value, message', [
+    ('NonLocal', 'reduction', 0, 'reduction: expected a number > 0, got 0'),            # was ZeroDivisionError
+    ('NonLocal', 'reduction', -1, 'reduction: expected a number > 0, got -1'),          # was a silent 1-wide block
+    ('NonLocal', 'inter_channels', 0, 'inter_channels: expected a positive int, got 0'),  # was silently C // 2
+    ('PositionAttention', 'reduction', 0, 'reduction: expected a number > 0, got 0'),
+    ('DualAttention', 'qk_channels', -2, 'qk_channels: expected a positive int, got -2'),
+    ('CBAM', 'spatial_kernel', 4, r'spatial_kernel: expected an odd positive int \(paper: 7\), got 4'),
+])
+def test_inner_widths_and_kernels_are_checked(block, option, value, message):
+    """NonLocal / PAM inner widths and CBAM's spatial kernel: a clear error at build time. An even
+    kernel built and then failed in forward with a shape mismatch naming no option."""
+    with pytest.raises(ConfigError, match=rf"cannot build {block}\(channels=64, {option}={value}\): {message}"):
+        attn_plugins.build(dict(type=block, channels=64, **{option: value}))

@@ -3,6 +3,8 @@
 dataset key and what to pass instead, exit 2. An image file for CIFAR (arrays, no loading step) is read
 by the dataset class (`CifarDataset.image_item`), and every picture shows the input in its true colours."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -98,3 +100,18 @@ def test_viz_sample_shows_the_datasets_own_colours(tmp_path):
         shown, raw = shown_and_raw(cfg, lambda ds: ds[0]['inputs'].permute(1, 2, 0).numpy())
         rgb = raw if order == 'rgb' else raw[..., ::-1]
         assert np.abs(shown - rgb).max() < 1e-6 < np.abs(shown - rgb[..., ::-1]).max(), order
+
+
+def test_viz_with_no_drawable_block_fails_and_writes_nothing(tmp_path, capsys):
+    """A config whose blocks all record no map (mmcv's ContextBlock) exits 2 with one line naming
+    them, as a model without blocks does; before, it printed a note per block and exited 0."""
+    from PIL import Image
+    image = tmp_path / 'x.png'
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    config = os.path.join(ROOT, 'configs', 'det', 'toy', 'faster-rcnn_r50-gcb-r16_fpn_toy-coco.yaml')
+    result = subprocess.run([sys.executable, '-m', 'attn_plugins.cli', 'viz', config, '--image', str(image),
+                             '--out', str(tmp_path / 'v')], capture_output=True, text=True, cwd=ROOT)
+    errors = [line for line in result.stderr.splitlines() if 'error' in line.lower()]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert 'none of the 16 attention block(s) gives a picture' in errors[0] and 'ContextBlock' in errors[0]
+    assert not os.path.exists(tmp_path / 'v')

@@ -631,6 +631,22 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
         parser.error(f"--only {' '.join(args.only)}: no {suite_name} case matches; cases: "
                      f"{suite['cases'](argparse.Namespace(**{**vars(args), 'only': None}))}")
 
+    # where the results go, checked before the run (a folder or an unwritable place failed after it)
+    name = suite_name or 'paper'
+    path = args.json or os.path.join(args.out, f"{name}{'_quick' if args.quick else ''}.json")
+    for what, target in (('--json', path), ('--plots', args.plots)):
+        if target is None:
+            continue
+        if what == '--json' and os.path.isdir(path):
+            parser.error(f"--json {path}: is a directory; give a file path, e.g. {os.path.join(path, name + '.json')}")
+        folder = os.path.abspath(target if what == '--plots' else os.path.dirname(os.path.abspath(path)))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            parser.error(f"{what} {target}: cannot create its folder ({err.strerror}: {err.filename})")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"{what} {target}: {folder} is not writable")
+
     load_before = os.getloadavg()
     result = {}
     if suite is not None:
@@ -644,8 +660,6 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
         with bench_models.progress_bar(total, 'paper rows (tracing each model)') as step:
             result['paper'] = bench_paper.paper_rows(flops=True, video_flops=not args.quick, progress=step)
         bench_models.print_paper(result['paper'])
-    name = suite_name or 'paper'
-    path = args.json or os.path.join(args.out, f"{name}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if suite_name == 'models':
         import bench_models

@@ -43,6 +43,18 @@ def reduced_channels(channels: int, reduction: float, rd_divisor: int = 1) -> in
     return make_divisible(channels / reduction, rd_divisor, round_limit=0.)
 
 
+def inner_width(channels: int, reduction: float, explicit: int | None, explicit_key: str) -> int:
+    """`explicit` (an int >= 1) if given, else max(channels // reduction, 1) (reduction > 0): the inner
+    width of NonLocal / PAM, with a clear error for a zero or negative value."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+            raise ValueError(f"{explicit_key}: expected a positive int, got {explicit!r}")
+        return explicit
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not reduction > 0:
+        raise ValueError(f"reduction: expected a number > 0, got {reduction!r}")
+    return max(int(channels // reduction), 1)
+
+
 _GATES: dict[str, Callable[[], nn.Module]] = {
     'sigmoid': nn.Sigmoid, 'hard_sigmoid': nn.Hardsigmoid, 'tanh': nn.Tanh, 'identity': nn.Identity}
 _ACTS: dict[str, Callable[[], nn.Module]] = {'relu': nn.ReLU, 'gelu': nn.GELU, 'silu': nn.SiLU, 'identity': nn.Identity}

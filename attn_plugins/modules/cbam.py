@@ -50,6 +50,9 @@ class SpatialGate(nn.Module):
         if pool_order not in ('max_mean', 'mean_max'):
             raise ValueError(f"pool_order: expected 'max_mean' (authors) or 'mean_max' (timm), got {pool_order!r}")
         self.max_first = pool_order == 'max_mean'
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            # an even kernel with padding k // 2 gives a map one pixel larger than the input
+            raise ValueError(f"spatial_kernel: expected an odd positive int (paper: 7), got {kernel_size!r}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
         self.bn = nn.BatchNorm2d(1, momentum=norm_momentum) if norm else nn.Identity()
         self.zero_init = norm and zero_init

@@ -66,7 +66,7 @@ class NonLocal(HostInit, nn.Module):
             raise ValueError(f"dim: expected 1, 2 or 3, got {dim!r}")
         conv = _CONV[dim]
         self.channels, self.dim, self.mode = channels, dim, mode
-        self.inter_channels = inter_channels or max(channels // reduction, 1)
+        self.inter_channels = _helpers.inner_width(channels, reduction, inter_channels, 'inter_channels')
         self.use_scale, self.sub_sample = use_scale, sub_sample
         self.chunk_elements = chunk_elements
         self.pool_kernel = list(_POOL_KERNEL[dim])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._helpers import (records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention,
+from ._helpers import (records_attention, HostInit, place, residual_add, DEFAULT_CHUNK_ELEMENTS, attention, inner_width,
                        check_channels, pointwise_convs, fusable_convs)
 
 
@@ -32,7 +32,7 @@ class PositionAttention(HostInit, nn.Module):
                  scale: float = 1.0, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, device=None, dtype=None):
         super().__init__()
         self.channels = channels
-        self.qk_channels = qk_channels or max(channels // reduction, 1)
+        self.qk_channels = inner_width(channels, reduction, qk_channels, 'qk_channels')
         self.query = nn.Conv2d(channels, self.qk_channels, 1)
         self.key = nn.Conv2d(channels, self.qk_channels, 1)
         self.value = nn.Conv2d(channels, channels, 1)
