@@ -182,6 +182,41 @@ def build_config_model(cfg) -> nn.Module:
         if converted is not None:
             raise converted from None
         raise
+    except ValueError as err:
+        converted = block_option_error(err, written)
+        if converted is not None:
+            raise converted from None
+        raise
+
+
+def block_option_error(err: ValueError, model_cfg) -> ConfigError | None:
+    """A block of ours refusing an option value while a framework builds it (an mmdet / mmseg
+    backbone's `plugins`, a head's block): the error with the config key that holds the value
+    ("model.backbone.plugins.0.cfg.reduction: reduction: expected > 0, got -3"). None for errors
+    raised outside attn_plugins (those keep their traceback)."""
+    import traceback
+    frames = traceback.extract_tb(err.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not frames or not os.path.abspath(frames[-1].filename).startswith(package + os.sep):
+        return None
+    message = str(err)
+    match = re.match(r"(\w+): .*\bgot (.+)$", message)
+    keys = []
+    if match:
+        option, got = match.groups()
+
+        def walk(node, path):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == option and repr(value) == got:
+                        keys.append(f"{path}.{key}")
+                    walk(value, f"{path}.{key}")
+            elif isinstance(node, (list, tuple)):
+                for i, value in enumerate(node):
+                    walk(value, f"{path}.{i}")
+        walk(model_cfg, 'model')
+    where = ' or '.join(keys) if keys else 'model'
+    return ConfigError(f"{where}: {message}")
 
 
 # ---------------------------------------------------------------- inputs

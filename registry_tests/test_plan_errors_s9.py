@@ -113,3 +113,16 @@ def test_plan_of_the_toy_video_configs_uses_their_32x32_frames(tmp_path):
     for name in ('nonlocal_c2d_r50_toy.yaml', 'nonlocal_i3d_r50_toy.yaml', 'pyramid_attention_i3d_r50_toy.yaml'):
         plan = plan_json(tmp_path, [os.path.join(ROOT, 'configs', 'video', 'toy', name)])
         assert plan['input_shape'][-3:] == [8, 32, 32], (name, plan['input_shape'], plan['input_shape_from'])
+
+
+@pytest.mark.parametrize('config, option, message', [
+    ('faster-rcnn_r50-se_fpn_toy-coco.yaml', 'model.backbone.plugins.0.cfg.reduction=-3',
+     'model.backbone.plugins.0.cfg.reduction: reduction: expected > 0, got -3'),
+    ('faster-rcnn_r50-cbam_fpn_toy-coco.yaml', 'model.backbone.plugins.0.cfg.spatial_kernel=4',
+     'model.backbone.plugins.0.cfg.spatial_kernel: spatial_kernel: expected an odd positive int (paper: 7), got 4'),
+])
+def test_plan_names_the_key_of_a_bad_option_in_an_openmmlab_plugin(capsys, config, option, message):
+    """A block of ours built by mmdet's ResNet `plugins` refusing an option: one line naming the config
+    key (it was a ValueError traceback; the same option in an injector spec already gave one line)."""
+    err = plan_error(capsys, [os.path.join(DET_TOY, config), '--cfg-options', option])
+    assert err == f'attn-plugins plan: error: {message}'
