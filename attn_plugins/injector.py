@@ -494,7 +494,7 @@ def _check_target(path: str, module: nn.Module, kind: str, type_name: str, where
     if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
         if type(module).forward is not nn.Module.forward:     # e.g. timm's FeatureListNet (features_only=True)
             raise ConfigError(f"{where}: {shown!r} is a {type(module).__name__}, an nn."
-                              f"{'ModuleDict' if isinstance(module, nn.ModuleDict) else 'ModuleList'} whose forward runs its children: a block added to it would run as one of its layers; "
+                              f"{'ModuleDict' if isinstance(module, nn.ModuleDict) else 'ModuleList'} with a forward of its own (timm's FeatureListNet runs every child): a block added to it could run as one of its layers; "
                               "target its children instead (e.g. after each stage: where: 'layer*')")
         raise ConfigError(f"{where}: {shown!r} is a {type(module).__name__}, which has no forward; "
                           "select its elements instead (e.g. add '.*' to the pattern)")

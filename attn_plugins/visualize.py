@@ -248,9 +248,11 @@ def _timm_input(model: nn.Module, path: str, input_shape: Sequence[int] | None) 
         size = tuple(input_shape)[-2:]
     else:
         size = tuple((pretrained.get('input_size') or (3, 224, 224))[-2:])
+    from PIL import ImageOps
     try:
-        picture = Image.open(path).convert('RGB').resize((size[1], size[0]), Image.BILINEAR)
-    except OSError as err:
+        with Image.open(path) as image:     # upright by its EXIF orientation, as mmcv's loader and CIFAR's reader
+            picture = ImageOps.exif_transpose(image).convert('RGB').resize((size[1], size[0]), Image.BILINEAR)
+    except (OSError, Image.DecompressionBombError) as err:
         raise ConfigError(f"--image {path!r}: not an image PIL can read ({err})") from None
     rgb = np.asarray(picture, dtype=np.float32) / 255.0
     mean = torch.tensor(pretrained.get('mean') or IMAGENET_MEAN)[:, None, None]

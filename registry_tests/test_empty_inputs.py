@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from attn_plugins.modules._flash import chunked_concat_attention, flash_softmax_attention
+from attn_plugins.modules.dual_attention import DualAttention
 from attn_plugins.modules.non_local import NonLocal
 from attn_plugins.modules.position_attention import PositionAttention
 from attn_plugins.modules.pyramid_attention import PyramidAttention
@@ -52,6 +53,9 @@ def test_position_attention_on_an_empty_map_is_empty(shape):
     assert out.shape == shape
     out.sum().backward()
     assert all(p.grad is not None and not p.grad.any() for p in block.parameters())
+    with torch.no_grad():        # inference too (the no-grad dense path's row max needs a key)
+        for blocks in (block.eval(), DualAttention(16).eval()):
+            assert blocks(x).shape == shape
 
 
 @pytest.mark.parametrize('make', [

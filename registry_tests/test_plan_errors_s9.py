@@ -129,15 +129,23 @@ def test_plan_names_the_key_of_a_bad_option_in_an_openmmlab_plugin(capsys, confi
 
 
 def test_a_container_with_its_own_forward_is_refused_for_the_right_reason(tmp_path, capsys):
-    """timm's features_only model (FeatureListNet, an nn.ModuleDict whose forward runs its children)
+    """timm's features_only model (FeatureListNet, an nn.ModuleDict whose forward runs every child)
     as `where: '.'`: refused because a block added to it would run as one of its layers (the message
     said it had no forward); its stages take blocks."""
     config = write(tmp_path, 'f.yaml', "model:\n  type: timm/resnet18\n  features_only: true\n  plugins:\n"
                    "    - {type: SE, where: '.', position: after, output_index: [0, 1, 2, 3]}\n")
     err = plan_error(capsys, [config, '--input-shape', '64,64'])
-    assert "'.' is a FeatureListNet, an nn.ModuleDict whose forward runs its children" in err
+    assert "'.' is a FeatureListNet, an nn.ModuleDict with a forward of its own" in err
     assert 'no forward' not in err
     stages = write(tmp_path, 's.yaml', "model:\n  type: timm/resnet18\n  features_only: true\n  plugins:\n"
                    "    - {type: SE, where: 'layer*', position: after}\n")
     plan = plan_json(tmp_path, [stages, '--input-shape', '64,64'])
     assert [row['channels'] for row in plan['insertions']] == [64, 128, 256, 512], plan['insertions']
+
+
+def test_plan_names_the_heads_key_of_a_bad_pam_width(capsys):
+    """DualAttentionHead's `pam_channels` is PAM's qk_channels: the error names the head's key (it named
+    'model' and an argument the config does not have)."""
+    err = plan_error(capsys, [os.path.join(SEG_TOY, 'danet_r50-d8_toy.yaml'), '--cfg-options',
+                              'model.decode_head.pam_channels=0'])
+    assert err == 'attn-plugins plan: error: model.decode_head.pam_channels: pam_channels: expected a positive int, got 0'

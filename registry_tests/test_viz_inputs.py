@@ -115,3 +115,16 @@ def test_viz_with_no_drawable_block_fails_and_writes_nothing(tmp_path, capsys):
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert 'none of the 16 attention block(s) gives a picture' in errors[0] and 'ContextBlock' in errors[0]
     assert not os.path.exists(tmp_path / 'v')
+
+
+def test_viz_image_too_large_for_pil_is_one_line(tmp_path, monkeypatch, capsys):
+    """PIL's decompression-bomb guard (not an OSError) is a one-line --image error on the timm path too."""
+    from PIL import Image
+    image = tmp_path / 'big.png'
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 10)          # 1600 pixels: over twice the limit
+    config = tmp_path / 't.yaml'
+    config.write_text("model:\n  type: timm/resnet18\n  plugins:\n    - {type: SE, where: 'layer4.1', position: 'after:bn2'}\n")
+    status = main(['viz', str(config), '--image', str(image), '--out', str(tmp_path / 'v')])
+    errors = [line for line in capsys.readouterr().err.splitlines() if 'error' in line]
+    assert status == 2 and len(errors) == 1 and 'not an image PIL can read' in errors[0], errors

@@ -1,6 +1,7 @@
 """Small helpers shared by the blocks (pure PyTorch)."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -47,10 +48,10 @@ def inner_width(channels: int, reduction: float, explicit: int | None, explicit_
     """`explicit` (an int >= 1) if given, else max(channels // reduction, 1) (reduction > 0): the inner
     width of NonLocal / PAM, with a clear error for a zero or negative value."""
     if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 1:
+        if isinstance(explicit, bool) or not isinstance(explicit, numbers.Integral) or explicit < 1:
             raise ValueError(f"{explicit_key}: expected a positive int, got {explicit!r}")
-        return explicit
-    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not reduction > 0:
+        return int(explicit)
+    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Real) or not reduction > 0:
         raise ValueError(f"reduction: expected a number > 0, got {reduction!r}")
     return max(int(channels // reduction), 1)
 
@@ -255,7 +256,7 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if scale != 1.0:
         query = query * scale
     if use_dense(num_queries, num_keys):
-        if needs_grad or _traced():
+        if needs_grad or _traced() or num_keys == 0:       # (amax needs a key: softmax gives Nk = 0 zeros)
             return _softmax_chunk(torch.bmm(query, key), value)
         return _softmax_chunk_inplace(torch.bmm(query, key), value)     # one score buffer, not two
 
