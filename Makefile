@@ -20,7 +20,7 @@ demo: setup
 bench: setup
 	$(PY) tools/benchmark.py --suite models --only 'ResNet-50 + SE' 'ResNet-50 + CBAM' --no-sweep --paper --json work_dirs/benchmark/models_subset.json --plots work_dirs/benchmark/subset
 
-# the measurement behind README's results section: run it on a quiet machine (42 min in session 7)
+# the measurement behind README's results section: run it on a quiet machine (27 min in session 9, 42 in session 7)
 bench-full: setup
 	$(PY) tools/benchmark.py --suite models --paper --json work_dirs/benchmark/models.json
 	$(PY) tools/benchmark.py --readme work_dirs/benchmark/models.json

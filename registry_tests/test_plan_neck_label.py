@@ -7,7 +7,8 @@ from attn_plugins.plan import _via
 def test_plan_labels_attention_neck_blocks_by_the_backbone_outputs_they_read():
     from mmdet.registry import MODELS
     import attn_plugins.integrations.mmdet  # noqa: F401  (registers AttentionNeck)
-    neck = MODELS.build(dict(type='AttentionNeck', neck=dict(type='FPN', in_channels=[8, 16, 16], out_channels=8,
+    # in mmdet's scope whatever an earlier test left as the default scope (a seg plan leaves 'mmseg')
+    neck = MODELS.build(dict(_scope_='mmdet', type='AttentionNeck', neck=dict(type='FPN', in_channels=[8, 16, 16], out_channels=8,
                                                              num_outs=3),
                              blocks=[dict(type='SE', in_indices=[0, 2]),
                                      dict(type='PyramidAttention', in_indices=[1, 2], target_index=1)]))

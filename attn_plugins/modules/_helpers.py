@@ -221,9 +221,10 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     (`_fused_cpu_attention`, `_fused_cuda_attention`): on the CPU its flash kernel, for float32
     with Ck == Cv (NonLocal embedded_gaussian; PAM's Ck != Cv has only SDPA's N x N math path), above
     the dense limit, and in inference also where the batch's scores exceed it (SDPA keeps no map). Below
-    it the dense formula runs: it is twice differentiable, and on one image faster (the 'SDPA attention
-    R50' rows of `--suite train`: at ResNet-50's non-local shapes, 224x224, SDPA took 1.23x its time
-    at res3's 784 positions and 1.26x at res4's 196). Without a gradient the dense formula keeps one
+    it the dense formula runs: it is twice differentiable, and on one image no slower (the 'SDPA
+    attention R50' rows of `--suite train`, ResNet-50's non-local shapes at 224x224, quiet, 201 rounds:
+    SDPA took 1.18x its time at res3's 784 positions (per-round median 1.15x), a tie at res4's 196
+    (ratio of medians 1.06x, per-round median 0.87x)). Without a gradient the dense formula keeps one
     score buffer (`_softmax_chunk_inplace`). Above the limit, its
     time / ours (2-core AMD EPYC, torch 2.14, 1 thread, CPU time, interleaved, loaded machine;
     `tools/benchmark.py --suite train --only SDPA` measures it at 2 threads): float32 training step
@@ -320,7 +321,7 @@ def _fused_cpu_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     beat ours at every size measured, in bf16 ours beat it where the maps are large (NonLocal's
     Ck = Cv = 256 at 2 x 8192 positions: ours ~0.6x its time), so 16-bit dtypes keep ours; with
     Ck != Cv (PAM) the CPU has only SDPA's N x N math path. `softmax_attention` calls it above the dense
-    limit (and for a batch's inference above it in all): below it the dense formula is faster on one
+    limit (and for a batch's inference above it in all): below it the dense formula is no slower on one
     image and can be differentiated twice, SDPA's CPU backward cannot."""
     # (the CPU only: other devices (meta, MPS, XPU) keep ours and leave `_NO_FUSED_KERNEL` to the CPU's)
     if not CPU_SDPA or query.device.type != 'cpu' or key.shape[1] != value.shape[1] \
