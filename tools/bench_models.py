@@ -985,7 +985,9 @@ def render_readme(result: dict) -> str:
                   'they are not a measurement.** Parameter counts and the paper rows hold at any size.', '']
     if result.get('rows'):
         lines += ['**Models** (CPU forward pass; ratios to the base model, time as the median of per-round '
-                  'ratios [their range]).', ''] + _markdown(*models_table(result)) + ['']
+                  'ratios [their range]; peak MB is one peak-RSS sample of each variant\'s forward in its own '
+                  'process, allocator noise of several MB: compare peer and peer_copy, two identical models, before '
+                  'reading a small model\'s memory ratio).', ''] + _markdown(*models_table(result)) + ['']
     goals = goal_lines(result)
     if goals:
         processes = max((len(r.get('build_orders', ())) for r in result.get('rows', [])), default=0)
@@ -993,8 +995,8 @@ def render_readme(result: dict) -> str:
         lines += [f'**Goals** (issue 10: SE / CBAM overhead at most timm\'s, same run{pooled}):', '']
         lines += [f'- {g}' for g in goals] + ['']
     if result.get('sweep'):
-        lines += ['**Resolution sweep** (one forward pass per point; the peer is not run where its N x N maps '
-                  'would not fit):', ''] + _markdown(*sweep_table(result['sweep'])) + ['']
+        lines += ['**Resolution sweep** (per point the median of 3 forward passes after 1 warm-up, 1 and 1 with '
+                  '`--quick`; the peer is not run where its N x N maps would not fit):', ''] + _markdown(*sweep_table(result['sweep'])) + ['']
     if result.get('paper'):
         lines += ["**Papers' tables** (`--paper`):", ''] + _markdown(*paper_table(result['paper']))
         lines += ['', CONVENTION_NOTES, '']
