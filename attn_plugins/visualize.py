@@ -126,13 +126,12 @@ def _dataset_sample(cfg, index: int):
 
 def _image_sample(cfg, path: str):
     from mmengine.dataset import Compose
-    _, dataset_cfg = _pipeline_cfg(cfg)
+    loader, dataset_cfg = _pipeline_cfg(cfg)
     dataset_cfg = _inner_dataset(dataset_cfg or {})
     pipeline = [dict(t) for t in dataset_cfg.get('pipeline') or []
                 if 'LoadAnnotations' not in str(t.get('type', ''))]
     if not pipeline:
         return None
-    loader, _ = _pipeline_cfg(cfg)
     reader = getattr(_dataset_class(dataset_cfg), 'image_item', None)   # a format no loader reads (CIFAR arrays)
     from PIL import Image
     try:

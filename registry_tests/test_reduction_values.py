@@ -28,10 +28,10 @@ def test_plan_names_the_plugin_of_a_zero_reduction(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('block, option, value, message', [
-    ('NonLocal', 'reduction', 0, 'reduction: expected a number > 0, got 0'),            # was ZeroDivisionError
-    ('NonLocal', 'reduction', -1, 'reduction: expected a number > 0, got -1'),          # was a silent 1-wide block
+    ('NonLocal', 'reduction', 0, 'reduction: expected > 0, got 0'),            # was ZeroDivisionError
+    ('NonLocal', 'reduction', -1, 'reduction: expected > 0, got -1'),          # was a silent 1-wide block
     ('NonLocal', 'inter_channels', 0, 'inter_channels: expected a positive int, got 0'),  # was silently C // 2
-    ('PositionAttention', 'reduction', 0, 'reduction: expected a number > 0, got 0'),
+    ('PositionAttention', 'reduction', 0, 'reduction: expected > 0, got 0'),
     ('DualAttention', 'qk_channels', -2, 'qk_channels: expected a positive int, got -2'),
     ('CBAM', 'spatial_kernel', 4, r'spatial_kernel: expected an odd positive int \(paper: 7\), got 4'),
 ])

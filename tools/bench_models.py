@@ -723,6 +723,7 @@ def plot_sweep(points: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     blocks = list(dict.fromkeys(p['block'] for p in points))
+    sizes = sorted({p['positions'] for p in points})
     fig, axes = plt.subplots(2, len(blocks), figsize=(5 * len(blocks), 8), squeeze=False)
     for col, block in enumerate(blocks):
         pts = [p for p in points if p['block'] == block]
@@ -748,8 +749,8 @@ def plot_sweep(points: list[dict], path: str) -> str:
                            label=f"machine memory {format_bytes(pts[0]['memory_limit_bytes'])}")
             ax.set_xscale('log')
             ax.set_yscale('log')
-            ax.set_xticks(sorted({p['positions'] for p in points}))      # the measured sizes, not log minor
-            ax.set_xticklabels([f"{n:,}" for n in sorted({p['positions'] for p in points})], rotation=30)
+            ax.set_xticks(sizes)                                         # the measured sizes, not log minor
+            ax.set_xticklabels([f"{n:,}" for n in sizes], rotation=30)
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # ticks labelled 2x10^3 ... over each other
             ax.set_xlabel('positions N = H x W')
             ax.set_ylabel(f"{'forward time' if key == 'time' else 'peak memory of the forward'} ({unit})")

@@ -634,12 +634,12 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
     # where the results go, checked before the run (a folder or an unwritable place failed after it)
     name = suite_name or 'paper'
     path = args.json or os.path.join(args.out, f"{name}{'_quick' if args.quick else ''}.json")
-    for what, target in (('--json', path), ('--plots', args.plots)):
-        if target is None:
+    if os.path.isdir(path):
+        parser.error(f"--json {path}: is a directory; give a file path, e.g. {os.path.join(path, name + '.json')}")
+    for what, target, folder in (('--json', path, os.path.dirname(os.path.abspath(path))),
+                                 ('--plots', args.plots, args.plots and os.path.abspath(args.plots))):
+        if folder is None:
             continue
-        if what == '--json' and os.path.isdir(path):
-            parser.error(f"--json {path}: is a directory; give a file path, e.g. {os.path.join(path, name + '.json')}")
-        folder = os.path.abspath(target if what == '--plots' else os.path.dirname(os.path.abspath(path)))
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
@@ -660,7 +660,6 @@ def main(argv=None, prog: str = 'benchmark.py') -> int:
         with bench_models.progress_bar(total, 'paper rows (tracing each model)') as step:
             result['paper'] = bench_paper.paper_rows(flops=True, video_flops=not args.quick, progress=step)
         bench_models.print_paper(result['paper'])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if suite_name == 'models':
         import bench_models
         result['plots'] = bench_models.write_plots(result, args.plots or os.path.dirname(os.path.abspath(path)))

@@ -29,6 +29,7 @@ from mmseg.utils import add_prefix
 
 from ..losses import auxiliary_losses
 from ..modules import ChannelAttention, NonLocal, PositionAttention, PyramidAttention
+from ..modules._helpers import positive_int
 from ..registry import HEADS, ConfigError
 from .mmengine import register_once
 
@@ -50,9 +51,8 @@ class DualAttentionHead(BaseDecodeHead):
         self.loss_weights = tuple(float(w) for w in loss_weights)
         conv = dict(conv_cfg=self.conv_cfg, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
         self.pam_in_conv = ConvModule(self.in_channels, self.channels, 3, padding=1, **conv)
-        if isinstance(pam_channels, bool) or not isinstance(pam_channels, int) or pam_channels < 1:
-            raise ValueError(f"pam_channels: expected a positive int, got {pam_channels!r}")   # (PAM's qk_channels)
-        self.pam = PositionAttention(self.channels, qk_channels=pam_channels, chunk_elements=chunk_elements)
+        self.pam = PositionAttention(self.channels, qk_channels=positive_int(pam_channels, 'pam_channels'),
+                                     chunk_elements=chunk_elements)
         self.pam_out_conv = ConvModule(self.channels, self.channels, 3, padding=1, **conv)
         self.pam_conv_seg = torch.nn.Conv2d(self.channels, self.num_classes, 1)
         self.cam_in_conv = ConvModule(self.in_channels, self.channels, 3, padding=1, **conv)

@@ -37,23 +37,26 @@ def make_divisible(value: float, divisor: int = 1, min_value: int | None = None,
 def reduced_channels(channels: int, reduction: float, rd_divisor: int = 1) -> int:
     """Hidden width of a squeeze MLP: C // r as in the authors' code (divisor 1), else rounded to
     a multiple of `rd_divisor` as timm does."""
-    if not reduction > 0:
+    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Real) or not reduction > 0:
         raise ValueError(f"reduction: expected > 0, got {reduction!r}")
     if rd_divisor <= 1:
         return max(1, int(channels // reduction))
     return make_divisible(channels / reduction, rd_divisor, round_limit=0.)
 
 
+def positive_int(value, key: str) -> int:
+    """`value` as an int >= 1 (numpy integers too), else a ValueError naming the option `key`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{key}: expected a positive int, got {value!r}")
+    return int(value)
+
+
 def inner_width(channels: int, reduction: float, explicit: int | None, explicit_key: str) -> int:
-    """`explicit` (an int >= 1) if given, else max(channels // reduction, 1) (reduction > 0): the inner
-    width of NonLocal / PAM, with a clear error for a zero or negative value."""
+    """The inner width of NonLocal / PAM: `explicit` (an int >= 1) if given, else C // reduction
+    (`reduced_channels`), with a clear error for a zero or negative value."""
     if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, numbers.Integral) or explicit < 1:
-            raise ValueError(f"{explicit_key}: expected a positive int, got {explicit!r}")
-        return int(explicit)
-    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Real) or not reduction > 0:
-        raise ValueError(f"reduction: expected a number > 0, got {reduction!r}")
-    return max(int(channels // reduction), 1)
+        return positive_int(explicit, explicit_key)
+    return reduced_channels(channels, reduction)
 
 
 _GATES: dict[str, Callable[[], nn.Module]] = {
@@ -238,7 +241,7 @@ def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     if not torch.jit.is_scripting():
         on_cuda = query.is_cuda
-        if not (torch.jit.is_tracing() or _exporting()):
+        if not _traced():
             if on_cuda:
                 fused = _fused_cuda_attention(query, key, value, scale)
             elif use_dense(num_queries, num_keys) and (needs_grad or batch * num_queries * num_keys <= DENSE_LIMIT_ELEMENTS):
